@@ -1,0 +1,75 @@
+"""Chat with your articles, locally: index articles, ask questions, get cited answers.
+
+import rag
+rag.RAG(index="index").ingest(["samples/"])
+answer = rag.ask("How much aluminum could Russia sell to the United States?")
+print(answer.answer, [s.title for s in answer.cited_sources])
+"""
+
+from __future__ import annotations
+
+from .errors import (
+    Busy,
+    ConfigError,
+    EmbedderMismatch,
+    IndexCorrupt,
+    IndexLocked,
+    IndexNotFound,
+    InputError,
+    ModelError,
+    QuestionError,
+    QuestionTooLong,
+    RagError,
+)
+from .settings import Settings
+from .types import Answer, Article, ArticleInfo, Chunk, IngestReport, Source, Timings
+
+__all__ = [
+    "RAG",
+    "Answer",
+    "AnswerStream",
+    "Article",
+    "ArticleInfo",
+    "Busy",
+    "ChatSession",
+    "Chunk",
+    "ConfigError",
+    "EmbedderMismatch",
+    "Gate",
+    "IndexCorrupt",
+    "IndexLocked",
+    "IndexNotFound",
+    "IngestReport",
+    "InputError",
+    "ModelError",
+    "QuestionError",
+    "QuestionTooLong",
+    "RagError",
+    "Settings",
+    "Source",
+    "Timings",
+    "ask",
+]
+
+__version__ = "0.1.0"
+
+# The pipeline pulls in numpy, faiss and torch: import it on first use so that
+# `rag --help` and `import rag` stay fast.
+_LAZY = {
+    "RAG": "pipeline",
+    "AnswerStream": "pipeline",
+    "ChatSession": "pipeline",
+    "ask": "pipeline",
+    "Gate": "generation",
+}
+
+
+def __getattr__(name: str) -> object:
+    if name in _LAZY:
+        import importlib
+
+        module = importlib.import_module(f".{_LAZY[name]}", __name__)
+        value = getattr(module, name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'rag' has no attribute {name!r}")

@@ -1,0 +1,300 @@
+"""The `rag` command: the composition root that turns flags into settings."""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+
+from .errors import RagError
+from .settings import Settings
+
+F = Callable[..., Any]
+
+
+def _settings_options(*names: str) -> Callable[[F], F]:
+    """Add the shared setting flags a command needs; each overrides env and defaults."""
+    options = {
+        "index": click.option(
+            "--index", type=click.Path(path_type=Path), help="Index folder [env RAG_INDEX; default ./index]."
+        ),
+        "embedder": click.option("--embedder", help="sentence-transformers name or path [env RAG_EMBEDDER]."),
+        "model": click.option(
+            "--model", help="GGUF path or bundled alias (smollm2, qwen2.5-0.5b) [env RAG_MODEL]."
+        ),
+        "top_k": click.option(
+            "-k", "--top-k", "top_k", type=int, help="Passages per question [env RAG_TOP_K]."
+        ),
+        "n_ctx": click.option("--n-ctx", type=int, help="Model context window in tokens [env RAG_N_CTX]."),
+        "threads": click.option("--threads", type=int, help="CPU threads for the model [env RAG_THREADS]."),
+        "n_gpu_layers": click.option(
+            "--gpu-layers", "n_gpu_layers", type=int, help="Layers offloaded to a GPU."
+        ),
+        "temperature": click.option(
+            "--temperature", type=float, help="Sampling temperature (0: deterministic)."
+        ),
+        "max_tokens": click.option("--max-tokens", type=int, help="Answer length budget in tokens."),
+        "max_file_mb": click.option("--max-file-mb", type=float, help="Refuse inputs larger than this."),
+    }
+
+    def deco(fn: F) -> F:
+        for name in reversed(names):
+            fn = options[name](fn)
+        return fn
+
+    return deco
+
+
+def _handle_errors(fn: F) -> F:
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except RagError as e:
+            raise click.ClickException(str(e)) from None
+
+    return wrapper
+
+
+def _split(kwargs: dict[str, Any], *names: str) -> Settings:
+    return Settings.load(**{n: kwargs.pop(n) for n in names if n in kwargs})
+
+
+SETTING_NAMES = (
+    "index",
+    "embedder",
+    "model",
+    "top_k",
+    "n_ctx",
+    "threads",
+    "n_gpu_layers",
+    "temperature",
+    "max_tokens",
+    "max_file_mb",
+)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="rag-articles")
+@click.option("-v", "--verbose", count=True, help="Log more (-v info, -vv debug).")
+def cli(verbose: int) -> None:
+    """Chat with your articles, locally: index them, ask questions, get cited answers."""
+    level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+
+
+@cli.command()
+@click.argument("paths", nargs=-1, required=True)
+@_settings_options("index", "embedder", "max_file_mb")
+@click.option(
+    "--field",
+    "fields",
+    multiple=True,
+    metavar="NAME=COLUMN",
+    help="Where a dump keeps a field, e.g. --field text=story (repeatable).",
+)
+@click.option("--rebuild", is_flag=True, help="Start a fresh index instead of adding to it.")
+@_handle_errors
+def ingest(paths: tuple[str, ...], fields: tuple[str, ...], rebuild: bool, **kw: Any) -> None:
+    """Index files and folders: .txt .md .html .pdf and .json/.jsonl/.csv dumps."""
+    from .loaders import parse_field_overrides
+    from .pipeline import RAG
+
+    settings = _split(kw, *SETTING_NAMES)
+    rag = RAG(settings)
+    mapping = parse_field_overrides(fields)
+    bar: Any = None
+
+    def progress(done: int, total: int) -> None:
+        nonlocal bar
+        if bar is None:
+            bar = click.progressbar(length=total, label="Embedding chunks", file=sys.stderr)
+            bar.__enter__()
+        bar.update(done - bar.pos)
+
+    from .ingest import ingest as run_ingest
+
+    report = run_ingest(
+        paths,
+        settings=settings,
+        embedder=rag.embedder,
+        fields=mapping,
+        rebuild=rebuild,
+        progress=progress,
+        on_error=lambda e: click.echo(f"error: {e}", err=True),
+    )
+    if bar is not None:
+        bar.__exit__(None, None, None)
+    click.echo(
+        f"{len(report.added)} added, {len(report.updated)} updated, "
+        f"{len(report.unchanged)} unchanged, {len(report.failed)} failed; "
+        f"{report.chunks} chunks embedded in {report.seconds:.1f} s -> {settings.index}"
+    )
+    if report.failed:
+        sys.exit(1)
+
+
+@cli.command(name="list")
+@_settings_options("index")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
+@_handle_errors
+def list_(as_json: bool, **kw: Any) -> None:
+    """List the indexed articles with their chunk counts."""
+    from .store import Snapshot
+
+    settings = _split(kw, "index")
+    snap = Snapshot.open(settings.index)
+    for a in snap.articles():
+        if as_json:
+            click.echo(json.dumps(a.__dict__, ensure_ascii=False))
+        else:
+            title = a.title or "(untitled)"
+            click.echo(f"{a.id}\t{a.chunks} chunks\t{a.date or '-'}\t{title[:70]}")
+
+
+@cli.command()
+@click.argument("article_ids", nargs=-1, required=True)
+@_settings_options("index")
+@_handle_errors
+def remove(article_ids: tuple[str, ...], **kw: Any) -> None:
+    """Remove articles by id (as shown by `rag list`)."""
+    from .ingest import remove as run_remove
+
+    settings = _split(kw, "index")
+    missing = run_remove(article_ids, settings=settings)
+    for m in missing:
+        click.echo(f"error: no article with id {m!r} in {settings.index}; see `rag list`", err=True)
+    click.echo(f"removed {len(article_ids) - len(missing)} article(s)")
+    if missing:
+        sys.exit(1)
+
+
+@cli.command()
+@_settings_options("index")
+@click.option("--json", "as_json", is_flag=True)
+@_handle_errors
+def stats(as_json: bool, **kw: Any) -> None:
+    """Show what the index holds and what built it."""
+    from .store import Snapshot
+
+    settings = _split(kw, "index")
+    snap = Snapshot.open(settings.index)
+    info = snap.stats()
+    if as_json:
+        click.echo(json.dumps(info, indent=2))
+    else:
+        for key, value in info.items():
+            click.echo(f"{key:12} {value}")
+
+
+@cli.command()
+@_settings_options("index")
+@_handle_errors
+def recover(**kw: Any) -> None:
+    """Go back to the newest intact generation of a damaged index."""
+    from .store import recover as run_recover
+
+    settings = _split(kw, "index")
+    gen = run_recover(settings.index)
+    click.echo(f"{settings.index} now serves {gen}")
+
+
+def _print_sources(answer: Any) -> None:
+    if not answer.sources:
+        return
+    click.echo("\nSources:")
+    for s in answer.sources:
+        mark = "*" if s.cited else " "
+        where = s.url or s.source or s.article_id
+        click.echo(
+            f" {mark}[{s.n}] {s.title or '(untitled)'} {('(' + s.date + ')') if s.date else ''} - {where}"
+        )
+        for sentence in s.evidence:
+            click.echo(f"      > {sentence}")
+
+
+@cli.command()
+@click.argument("question")
+@_settings_options(*SETTING_NAMES[:-1])
+@click.option("--json", "as_json", is_flag=True, help="Print Answer.to_dict() as one JSON object.")
+@_handle_errors
+def ask(question: str, as_json: bool, **kw: Any) -> None:
+    """Answer QUESTION from the articles, streaming, then list the sources."""
+    from .pipeline import RAG
+
+    settings = _split(kw, *SETTING_NAMES)
+    rag = RAG(settings)
+    stream = rag.stream(question)
+    for piece in stream:
+        if not as_json:
+            click.echo(piece, nl=False)
+    answer = stream.answer
+    assert answer is not None
+    if as_json:
+        click.echo(json.dumps(answer.to_dict(), ensure_ascii=False))
+        return
+    click.echo()
+    if not answer.found:
+        click.echo("(the articles do not hold the answer)")
+    _print_sources(answer)
+
+
+@cli.command()
+@_settings_options(*SETTING_NAMES[:-1])
+@_handle_errors
+def chat(**kw: Any) -> None:
+    """A conversation in the terminal; follow-ups use the earlier turns. Ctrl-D ends it."""
+    from .errors import QuestionError
+    from .pipeline import RAG
+
+    settings = _split(kw, *SETTING_NAMES)
+    session = RAG(settings).chat()
+    click.echo("Ask about your articles. Ctrl-D or an empty line + 'exit' ends the chat.")
+    while True:
+        try:
+            question = input("\n> ")
+        except (EOFError, KeyboardInterrupt):
+            click.echo()
+            return
+        if question.strip().lower() in ("exit", "quit"):
+            return
+        try:
+            stream = session.stream(question)
+        except QuestionError as e:
+            click.echo(f"error: {e}", err=True)
+            continue
+        if stream.query != stream.question:
+            click.echo(f"(searching for: {stream.query})")
+        for piece in stream:
+            click.echo(piece, nl=False)
+        click.echo()
+        _print_sources(stream.answer)
+
+
+@cli.command()
+@click.option("--assemble", is_flag=True, help="Assemble and verify every bundled model now.")
+@_handle_errors
+def models(assemble: bool) -> None:
+    """List the bundled GGUF models (assembling chunked ones with --assemble)."""
+    from .models import BUNDLED, bundled_path
+
+    for alias, spec in BUNDLED.items():
+        try:
+            path = str(bundled_path(alias)) if assemble else spec.filename
+        except RagError as e:
+            path = f"unavailable: {e}"
+        click.echo(f"{alias:14} {path}\n{'':14} {spec.origin}")
+
+
+def main() -> None:
+    cli()
+
+
+if __name__ == "__main__":
+    main()

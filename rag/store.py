@@ -1,0 +1,487 @@
+"""The index folder: FAISS vectors + SQLite chunks, committed atomically by generation.
+
+Layout::
+
+    DIR/CURRENT             "gen-000007 <sha256 of its manifest>", replaced atomically
+    DIR/gen-000007/         the live generation: write-once, never modified
+        vectors.faiss       IndexIDMap2 over inner-product search, ids = chunk ids
+        chunks.sqlite       articles (with full text) and chunk offsets
+        manifest.json       what built it, counts, and the checksums of both files
+    DIR/gen-000006/         the previous generation, kept until the next commit
+    DIR/.lock               held by the one writer
+
+A writer builds the next generation in a fresh folder, fsyncs it, then renames a new
+CURRENT over the old one. A crash at any moment leaves CURRENT pointing at a complete,
+checksummed generation.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import logging
+import os
+import platform
+import shutil
+import sqlite3
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .errors import EmbedderMismatch, IndexCorrupt, IndexLocked, IndexNotFound
+from .types import Article, ArticleInfo, Chunk
+
+if TYPE_CHECKING:
+    import numpy as np
+
+log = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+VECTORS = "vectors.faiss"
+CHUNKS = "chunks.sqlite"
+MANIFEST = "manifest.json"
+CURRENT = "CURRENT"
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS articles (
+    id TEXT PRIMARY KEY, title TEXT, date TEXT, url TEXT, author TEXT, source TEXT,
+    path TEXT, hash TEXT NOT NULL, text TEXT NOT NULL, added_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS chunks (
+    id INTEGER PRIMARY KEY, article_id TEXT NOT NULL REFERENCES articles(id),
+    ordinal INTEGER NOT NULL, start INTEGER NOT NULL, "end" INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS chunks_article ON chunks(article_id);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+"""
+
+
+@dataclass(frozen=True)
+class ChunkRow:
+    """A stored chunk with its article's metadata."""
+
+    id: int
+    article_id: str
+    ordinal: int
+    start: int
+    end: int
+    text: str
+    title: str
+    date: str
+    url: str
+    author: str
+    source: str
+
+
+def article_hash(a: Article) -> str:
+    """Content hash: unchanged articles are skipped on re-ingest, changed ones replaced."""
+    payload = json.dumps([a.text, a.title, a.date, a.url, a.author, a.source], ensure_ascii=False)
+    return hashlib.sha256(payload.encode("utf-8")).hexdigest()
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_durably(path: Path, data: bytes) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    _fsync(path.parent)
+
+
+def _recover_hint(root: Path) -> str:
+    return (
+        f"run `rag recover --index {root}` to go back to the previous generation, "
+        f"or rebuild it with `rag ingest --rebuild --index {root} PATH...`"
+    )
+
+
+def read_pointer(root: Path) -> tuple[str, str]:
+    """(generation folder name, manifest sha256) from CURRENT."""
+    pointer = root / CURRENT
+    if not pointer.exists():
+        if not root.exists() or not any(root.glob("gen-*")):
+            raise IndexNotFound(f"no index at {root}; build one with `rag ingest --index {root} PATH...`")
+        raise IndexCorrupt(f"index {root} has no CURRENT file; {_recover_hint(root)}")
+    parts = pointer.read_text(encoding="ascii", errors="replace").split()
+    if len(parts) != 2 or not parts[0].startswith("gen-"):
+        raise IndexCorrupt(f"{pointer} is damaged ({' '.join(parts)[:60]!r}); {_recover_hint(root)}")
+    return parts[0], parts[1]
+
+
+def list_generations(root: Path) -> list[str]:
+    return sorted(p.name for p in root.glob("gen-*") if p.is_dir() and not p.name.endswith(".tmp"))
+
+
+def verify_generation(root: Path, gen: str, manifest_sha: str | None) -> dict[str, Any]:
+    """The manifest of `gen` after checking it and every file it lists."""
+    folder = root / gen
+    mpath = folder / MANIFEST
+    if not mpath.exists():
+        raise IndexCorrupt(f"{mpath} is missing; {_recover_hint(root)}")
+    raw = mpath.read_bytes()
+    if manifest_sha is not None and hashlib.sha256(raw).hexdigest() != manifest_sha:
+        raise IndexCorrupt(f"{mpath} fails its checksum; {_recover_hint(root)}")
+    try:
+        manifest = json.loads(raw)
+        files = manifest["files"]
+    except (ValueError, KeyError, TypeError):
+        raise IndexCorrupt(f"{mpath} cannot be parsed; {_recover_hint(root)}") from None
+    if manifest.get("format_version") != FORMAT_VERSION:
+        raise IndexCorrupt(
+            f"{root} has index format {manifest.get('format_version')!r}, this version reads "
+            f"{FORMAT_VERSION}; rebuild it with `rag ingest --rebuild --index {root} PATH...`"
+        )
+    for name, info in files.items():
+        path = folder / name
+        if not path.exists():
+            raise IndexCorrupt(f"{path} is missing; {_recover_hint(root)}")
+        if path.stat().st_size != info["bytes"] or _sha256(path) != info["sha256"]:
+            raise IndexCorrupt(f"{path} fails its checksum (damaged); {_recover_hint(root)}")
+    return manifest
+
+
+class Snapshot:
+    """One committed generation, opened read-only: safe to search while a writer commits."""
+
+    def __init__(self, root: Path, gen: str, manifest: dict[str, Any]) -> None:
+        import faiss
+
+        self.root = root
+        self.generation = gen
+        self.manifest = manifest
+        folder = root / gen
+        try:
+            self.index = faiss.read_index(str(folder / VECTORS))
+        except RuntimeError as e:
+            raise IndexCorrupt(f"{folder / VECTORS} cannot be read ({e}); {_recover_hint(root)}") from None
+        uri = f"file:{folder / CHUNKS}?mode=ro&immutable=1"
+        # check_same_thread=False: the UI searches from worker threads; the file is immutable.
+        self.db = sqlite3.connect(uri, uri=True, check_same_thread=False)
+        n_chunks = self.db.execute("SELECT COUNT(*) FROM chunks").fetchone()[0]
+        if n_chunks != self.index.ntotal:
+            raise IndexCorrupt(
+                f"{folder}: {self.index.ntotal} vectors but {n_chunks} chunks; {_recover_hint(root)}"
+            )
+
+    @classmethod
+    def open(cls, root: str | os.PathLike[str], *, verify: bool = True) -> Snapshot:
+        root = Path(root)
+        gen, sha = read_pointer(root)
+        if verify:
+            manifest = verify_generation(root, gen, sha)
+        else:
+            manifest = json.loads((root / gen / MANIFEST).read_text())
+        return cls(root, gen, manifest)
+
+    def close(self) -> None:
+        self.db.close()
+
+    @property
+    def embedder(self) -> dict[str, Any]:
+        return dict(self.manifest["embedder"])
+
+    def check_embedder(self, name: str, dimension: int) -> None:
+        built = self.manifest["embedder"]
+        if built["name"] != name or built["dimension"] != dimension:
+            raise EmbedderMismatch(
+                f"index {self.root} was built with embedder {built['name']!r} "
+                f"(dimension {built['dimension']}), not {name!r} (dimension {dimension}); "
+                f"use --embedder {built['name']} or rebuild with `rag ingest --rebuild`"
+            )
+
+    def __len__(self) -> int:
+        return int(self.index.ntotal)
+
+    def search(self, vector: np.ndarray, k: int) -> list[tuple[int, float]]:
+        import numpy as np
+
+        if self.index.ntotal == 0:
+            return []
+        q = np.ascontiguousarray(vector.reshape(1, -1), dtype=np.float32)
+        scores, ids = self.index.search(q, min(k, int(self.index.ntotal)))
+        return [(int(i), float(s)) for i, s in zip(ids[0], scores[0], strict=True) if i >= 0]
+
+    def chunks(self, ids: Sequence[int]) -> list[ChunkRow]:
+        """Rows for `ids`, in the same order."""
+        if not ids:
+            return []
+        marks = ",".join("?" * len(ids))
+        rows = self.db.execute(
+            'SELECT c.id, c.article_id, c.ordinal, c.start, c."end", '
+            'substr(a.text, c.start + 1, c."end" - c.start), a.title, a.date, a.url, '
+            f"a.author, a.source FROM chunks c JOIN articles a ON a.id = c.article_id "
+            f"WHERE c.id IN ({marks})",
+            list(ids),
+        ).fetchall()
+        by_id = {r[0]: ChunkRow(*r) for r in rows}
+        return [by_id[i] for i in ids if i in by_id]
+
+    def articles(self) -> list[ArticleInfo]:
+        rows = self.db.execute(
+            "SELECT a.id, a.title, a.date, a.url, a.author, a.source, a.path, "
+            "(SELECT COUNT(*) FROM chunks c WHERE c.article_id = a.id), length(a.text) "
+            "FROM articles a ORDER BY a.added_at, a.id"
+        ).fetchall()
+        return [ArticleInfo(*r) for r in rows]
+
+    def article(self, article_id: str) -> tuple[ArticleInfo, str] | None:
+        """An article's info and full text, or None."""
+        row = self.db.execute(
+            "SELECT id, title, date, url, author, source, path, "
+            "(SELECT COUNT(*) FROM chunks c WHERE c.article_id = articles.id), length(text), text "
+            "FROM articles WHERE id = ?",
+            (article_id,),
+        ).fetchone()
+        if row is None:
+            return None
+        return ArticleInfo(*row[:9]), row[9]
+
+    def hashes(self) -> dict[str, str]:
+        return dict(self.db.execute("SELECT id, hash FROM articles").fetchall())
+
+    def stats(self) -> dict[str, Any]:
+        folder = self.root / self.generation
+        size = sum(p.stat().st_size for p in folder.iterdir() if p.is_file())
+        return {
+            "index": str(self.root),
+            "generation": self.generation,
+            "articles": self.manifest["counts"]["articles"],
+            "chunks": self.manifest["counts"]["chunks"],
+            "embedder": self.manifest["embedder"]["name"],
+            "dimension": self.manifest["embedder"]["dimension"],
+            "index_type": self.manifest.get("index_type", "flat"),
+            "chunking": self.manifest["chunking"],
+            "bytes": size,
+            "created_at": self.manifest["created_at"],
+        }
+
+
+@contextlib.contextmanager
+def writer_lock(root: Path, *, wait_s: float = 600.0) -> Iterator[None]:
+    """Hold the one-writer lock of `root` (other processes wait up to `wait_s`)."""
+    root.mkdir(parents=True, exist_ok=True)
+    fd = os.open(root / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        deadline = time.monotonic() + wait_s
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise IndexLocked(
+                        f"another process has been writing to {root} for over {wait_s:.0f} s; "
+                        "wait for it to finish, or stop it"
+                    ) from None
+                time.sleep(0.1)
+        yield
+    finally:
+        os.close(fd)
+
+
+class Transaction:
+    """Changes staged against the current generation, written as the next one by `commit`."""
+
+    def __init__(
+        self,
+        root: Path,
+        *,
+        embedder: dict[str, Any],
+        chunking: dict[str, Any],
+        rebuild: bool = False,
+    ) -> None:
+        self.root = root
+        self.embedder = embedder
+        self.chunking = chunking
+        self.base: Snapshot | None = None
+        self._keep: str | None = None
+        if rebuild:
+            with contextlib.suppress(IndexNotFound, IndexCorrupt):
+                self._keep = read_pointer(root)[0]
+        else:
+            try:
+                self.base = Snapshot.open(root)
+            except IndexNotFound:
+                self.base = None
+        if self.base is not None:
+            self._keep = self.base.generation
+            self.base.check_embedder(embedder["name"], embedder["dimension"])
+        self._hashes = self.base.hashes() if self.base else {}
+        self._puts: dict[str, tuple[Article, str, list[Chunk], np.ndarray]] = {}
+        self._removes: set[str] = set()
+
+    def hash_of(self, article_id: str) -> str | None:
+        """The stored content hash of an article, as staged so far."""
+        if article_id in self._puts:
+            return self._puts[article_id][1]
+        if article_id in self._removes:
+            return None
+        return self._hashes.get(article_id)
+
+    def put(self, article: Article, chunks: list[Chunk], vectors: np.ndarray) -> None:
+        """Add or replace an article with its chunks and their vectors."""
+        if len(chunks) != len(vectors):
+            raise ValueError(f"{len(chunks)} chunks but {len(vectors)} vectors")
+        self._puts[article.id] = (article, article_hash(article), chunks, vectors)
+        self._removes.discard(article.id)
+
+    def remove(self, article_id: str) -> bool:
+        """Stage removal; False when the article is not in the index."""
+        known = article_id in self._hashes or article_id in self._puts
+        self._puts.pop(article_id, None)
+        if article_id in self._hashes:
+            self._removes.add(article_id)
+        return known
+
+    @property
+    def dirty(self) -> bool:
+        return bool(self._puts or self._removes)
+
+    def commit(self) -> str:
+        """Write the next generation and make it live; returns its name."""
+        import faiss
+        import numpy as np
+
+        gens = list_generations(self.root)
+        number = int(gens[-1].split("-")[1]) + 1 if gens else 1
+        gen = f"gen-{number:06d}"
+        folder = self.root / gen
+        tmp = self.root / (gen + ".tmp")
+        for leftover in (folder, tmp):
+            if leftover.exists():
+                shutil.rmtree(leftover)
+        tmp.mkdir(parents=True)
+
+        db_path = tmp / CHUNKS
+        if self.base is not None:
+            shutil.copyfile(self.root / self.base.generation / CHUNKS, db_path)
+            index = faiss.clone_index(self.base.index)
+        else:
+            index = faiss.IndexIDMap2(faiss.IndexFlatIP(self.embedder["dimension"]))
+        db = sqlite3.connect(db_path)
+        try:
+            db.execute("PRAGMA journal_mode=DELETE")
+            db.executescript(_SCHEMA)
+            with db:
+                row = db.execute("SELECT value FROM meta WHERE key='next_id'").fetchone()
+                next_id = int(row[0]) if row else 0
+                gone = [*self._removes, *(a for a in self._puts if a in self._hashes)]
+                old_ids: list[int] = []
+                for aid in gone:
+                    old_ids += [r[0] for r in db.execute("SELECT id FROM chunks WHERE article_id=?", (aid,))]
+                    db.execute("DELETE FROM chunks WHERE article_id=?", (aid,))
+                    db.execute("DELETE FROM articles WHERE id=?", (aid,))
+                if old_ids:
+                    index.remove_ids(np.asarray(old_ids, dtype=np.int64))
+                now = time.time()
+                for article, digest, chunks, vectors in self._puts.values():
+                    db.execute(
+                        "INSERT INTO articles VALUES (?,?,?,?,?,?,?,?,?,?)",
+                        (
+                            article.id,
+                            article.title,
+                            article.date,
+                            article.url,
+                            article.author,
+                            article.source,
+                            article.path,
+                            digest,
+                            article.text,
+                            now,
+                        ),
+                    )
+                    ids = np.arange(next_id, next_id + len(chunks), dtype=np.int64)
+                    next_id += len(chunks)
+                    db.executemany(
+                        "INSERT INTO chunks VALUES (?,?,?,?,?)",
+                        [
+                            (int(i), c.article_id, c.ordinal, c.start, c.end)
+                            for i, c in zip(ids, chunks, strict=True)
+                        ],
+                    )
+                    if len(chunks):
+                        index.add_with_ids(np.ascontiguousarray(vectors, dtype=np.float32), ids)
+                db.execute("INSERT OR REPLACE INTO meta VALUES ('next_id', ?)", (str(next_id),))
+                n_articles = db.execute("SELECT COUNT(*) FROM articles").fetchone()[0]
+                n_chunks = db.execute("SELECT COUNT(*) FROM chunks").fetchone()[0]
+        finally:
+            db.close()
+        if n_chunks != index.ntotal:
+            raise RuntimeError(f"internal error: {n_chunks} chunks but {index.ntotal} vectors")
+        faiss.write_index(index, str(tmp / VECTORS))
+        files = {}
+        for name in (VECTORS, CHUNKS):
+            _fsync(tmp / name)
+            files[name] = {"sha256": _sha256(tmp / name), "bytes": (tmp / name).stat().st_size}
+        manifest = {
+            "format_version": FORMAT_VERSION,
+            "generation": number,
+            "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "embedder": self.embedder,
+            "chunking": self.chunking,
+            "index_type": "flat",
+            "metric": "inner_product",
+            "versions": _versions(),
+            "counts": {"articles": n_articles, "chunks": n_chunks, "vectors": int(index.ntotal)},
+            "files": files,
+        }
+        raw = json.dumps(manifest, indent=2).encode("utf-8")
+        _write_durably(tmp / MANIFEST, raw)
+        os.replace(tmp, folder)
+        _fsync(self.root)
+        # The commit point: one atomic rename of the pointer.
+        _write_durably(self.root / CURRENT, f"{gen} {hashlib.sha256(raw).hexdigest()}\n".encode())
+        log.info("committed %s: %d articles, %d chunks", gen, n_articles, n_chunks)
+        for old in self.root.glob("gen-*"):
+            if old.name not in (gen, self._keep):
+                shutil.rmtree(old, ignore_errors=True)
+        return gen
+
+
+def recover(root: str | os.PathLike[str]) -> str:
+    """Point CURRENT at the newest generation that verifies; returns its name."""
+    root = Path(root)
+    for gen in reversed(list_generations(root)):
+        try:
+            manifest_raw = (root / gen / MANIFEST).read_bytes()
+            verify_generation(root, gen, None)
+        except (IndexCorrupt, OSError):
+            log.warning("generation %s is damaged; skipping it", gen)
+            continue
+        digest = hashlib.sha256(manifest_raw).hexdigest()
+        _write_durably(root / CURRENT, f"{gen} {digest}\n".encode())
+        return gen
+    raise IndexCorrupt(
+        f"no intact generation left in {root}; rebuild it with `rag ingest --rebuild --index {root} PATH...`"
+    )
+
+
+def _versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"python": platform.python_version()}
+    for pkg in ("rag-articles", "faiss-cpu", "sentence-transformers", "torch"):
+        with contextlib.suppress(PackageNotFoundError):
+            out[pkg] = version(pkg)
+    return out

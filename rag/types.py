@@ -1,0 +1,121 @@
+"""Records passed between the modules and returned to callers."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Article:
+    """One article as loaded from a file or a record of a dump."""
+
+    id: str
+    text: str
+    title: str = ""
+    date: str = ""
+    url: str = ""
+    author: str = ""
+    source: str = ""
+    path: str = ""
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """A span of an article's text: `article.text[start:end] == text`."""
+
+    article_id: str
+    ordinal: int
+    start: int
+    end: int
+    text: str
+
+
+@dataclass(frozen=True)
+class ArticleInfo:
+    """An indexed article as listed by `rag list`."""
+
+    id: str
+    title: str
+    date: str
+    url: str
+    author: str
+    source: str
+    path: str
+    chunks: int
+    chars: int
+
+
+@dataclass(frozen=True)
+class Source:
+    """A retrieved passage shown with an answer; `n` is its number in the prompt."""
+
+    n: int
+    article_id: str
+    title: str
+    url: str
+    date: str
+    text: str
+    evidence: tuple[str, ...]
+    score: float
+    cited: bool = False
+    source: str = ""
+    author: str = ""
+    start: int = 0
+    end: int = 0
+    chunk_id: int = -1
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["evidence"] = list(self.evidence)
+        return d
+
+
+@dataclass(frozen=True)
+class Timings:
+    retrieve_ms: float = 0.0
+    first_token_ms: float = 0.0
+    total_ms: float = 0.0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    tokens_per_s: float = 0.0
+
+
+@dataclass(frozen=True)
+class Answer:
+    """The result of a question: the text, whether the articles held it, and its sources."""
+
+    answer: str
+    found: bool
+    query: str
+    sources: tuple[Source, ...] = ()
+    timings: Timings = field(default_factory=Timings)
+
+    @property
+    def cited_sources(self) -> tuple[Source, ...]:
+        return tuple(s for s in self.sources if s.cited)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "answer": self.answer,
+            "found": self.found,
+            "query": self.query,
+            "sources": [s.to_dict() for s in self.sources],
+            "timings": asdict(self.timings),
+        }
+
+
+@dataclass(frozen=True)
+class IngestReport:
+    """What one ingest did; `failed` holds one (path, reason) per unreadable input."""
+
+    added: tuple[str, ...] = ()
+    updated: tuple[str, ...] = ()
+    unchanged: tuple[str, ...] = ()
+    failed: tuple[tuple[str, str], ...] = ()
+    chunks: int = 0
+    seconds: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed

@@ -1,0 +1,77 @@
+"""Shared fixtures: every test gets its own index folder; real models load once."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+SAMPLE = ROOT / "samples" / "russia-us-rare-earths.txt"
+SHARED = ROOT.parent / "shared"
+SQUAD = SHARED / "eval" / "squad-dev"
+
+
+@pytest.fixture(autouse=True)
+def isolated(tmp_path, monkeypatch):
+    """No test sees the user's environment or the project's ./index."""
+    for var in ("RAG_INDEX", "RAG_MODEL", "RAG_EMBEDDER", "RAG_TOP_K", "RAG_N_CTX", "RAG_THREADS"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("RAG_INDEX", str(tmp_path / "index"))
+    return tmp_path
+
+
+class FakeEmbedder:
+    """Deterministic bag-of-words vectors over whitespace tokens: fast, offline, and
+    similar texts get similar vectors, which is all the store and chunker tests need."""
+
+    def __init__(self, name: str = "fake", dimension: int = 64, max_seq_length: int = 64) -> None:
+        self.name = name
+        self.dimension = dimension
+        self.max_seq_length = max_seq_length
+        self.batch_size = 16
+
+    def token_offsets(self, text: str) -> list[tuple[int, int]]:
+        return [m.span() for m in re.finditer(r"\w+|[^\w\s]", text)]
+
+    def count_tokens(self, texts):
+        return [len(self.token_offsets(t)) + 2 for t in texts]
+
+    def encode(self, texts, *, progress=None):
+        out = np.zeros((len(texts), self.dimension), dtype=np.float32)
+        for i, t in enumerate(texts):
+            for w in re.findall(r"\w+", t.lower()):
+                out[i, int(hashlib.md5(w.encode()).hexdigest(), 16) % self.dimension] += 1
+        norms = np.linalg.norm(out, axis=1, keepdims=True)
+        norms[norms == 0] = 1
+        if progress:
+            progress(len(texts), len(texts))
+        return out / norms
+
+    def encode_query(self, text):
+        return self.encode([text])[0]
+
+
+@pytest.fixture
+def fake_embedder():
+    return FakeEmbedder()
+
+
+@pytest.fixture(scope="session")
+def real_embedder():
+    from rag.embedding import Embedder
+
+    return Embedder()
+
+
+@pytest.fixture(scope="session")
+def real_generator():
+    from rag.generation import LlamaCppGenerator
+    from rag.models import resolve_model
+    from rag.settings import Settings
+
+    s = Settings()
+    return LlamaCppGenerator(resolve_model(s.model), n_ctx=s.n_ctx, threads=s.threads, seed=0)

@@ -1,0 +1,137 @@
+"""The real path end to end: bundled embedder, FAISS on disk, bundled GGUF at temperature 0."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+
+from rag import RAG, QuestionError, QuestionTooLong, Settings
+
+from .conftest import SAMPLE, SHARED, SQUAD
+
+ALUMINUM = "How much aluminum could Russia sell to the United States?"
+
+
+@pytest.fixture
+def make_rag(tmp_path, real_embedder, real_generator):
+    def make(**overrides):
+        settings = Settings(index=tmp_path / "idx", temperature=0.0, seed=0).with_(**overrides)
+        return RAG(settings, embedder=real_embedder, generator=real_generator)
+
+    return make
+
+
+def test_sample_answer_is_cited_by_the_model(make_rag):
+    rag = make_rag()
+    rag.ingest([SAMPLE])
+    answer = rag.ask(ALUMINUM)
+    assert answer.found
+    assert "2 million" in answer.answer
+    # The model wrote the marker itself; the code never adds one.
+    cited = [int(n) for n in re.findall(r"\[(\d+)\]", answer.answer)]
+    assert cited, answer.answer
+    by_n = {s.n: s for s in answer.sources}
+    assert any(any("2 million tons" in e for e in by_n[n].evidence) for n in cited if n in by_n)
+    assert all(s.cited == (s.n in cited) for s in answer.sources)
+    t = answer.timings
+    assert t.prompt_tokens > 0 and t.completion_tokens > 0 and 0 < t.first_token_ms <= t.total_ms
+
+
+def test_streaming_yields_pieces_before_the_end(make_rag):
+    rag = make_rag()
+    rag.ingest([SAMPLE])
+    stream = rag.stream(ALUMINUM)
+    assert stream.sources  # retrieval is done before the first piece
+    pieces = []
+    for piece in stream:
+        if not pieces:
+            assert stream.answer is None  # the answer is not complete yet
+        pieces.append(piece)
+    assert len(pieces) > 1
+    assert stream.answer is not None and stream.answer.answer == "".join(pieces).strip()
+
+
+@pytest.mark.skipif(not SQUAD.exists(), reason="shared eval data not present")
+def test_squad_hastings_top1(make_rag):
+    rag = make_rag()
+    report = rag.ingest([SQUAD / "articles.jsonl"])
+    assert len(report.added) == 2
+    top = rag.retrieve("Who was the duke in the battle of Hastings?", k=5)[0]
+    assert "William the Conqueror" in top.text
+
+
+@pytest.mark.skipif(not (SHARED / "eval" / "rgb-news").exists(), reason="shared eval data not present")
+def test_followup_rewrite_fixes_retrieval(make_rag):
+    rag = make_rag()
+    rag.ingest([SAMPLE, SHARED / "eval" / "rgb-news" / "articles.jsonl"])
+    followup = "And how much of it could they sell?"
+
+    def hits(sources):
+        return any("2 million tons" in s.text for s in sources)
+
+    assert not hits(rag.retrieve(followup))
+    chat = rag.chat()
+    chat.ask("Is Russia offering to sell aluminum to the United States?")
+    stream = chat.stream(followup)
+    assert stream.query != followup
+    assert hits(stream.sources), stream.query
+    for _ in stream:
+        pass
+    assert len(chat.history) == 4
+
+
+def test_huge_article_stays_within_the_context(make_rag, tmp_path):
+    sentences = SAMPLE.read_text().replace("\n", " ")
+    big = tmp_path / "big.txt"
+    big.write_text((sentences + "\n") * (1_000_000 // len(sentences)))
+    assert big.stat().st_size > 990_000
+    rag = make_rag(top_k=30, max_tokens=64)
+    report = rag.ingest([big])
+    assert report.chunks > 1000
+    stream = rag.stream(ALUMINUM)
+    for _ in stream:
+        pass
+    answer = stream.answer
+    assert answer.timings.prompt_tokens <= rag.settings.n_ctx - rag.settings.max_tokens
+    assert 0 < len(answer.sources) < 30  # trimmed to what fits
+
+
+def test_question_bounds(make_rag):
+    rag = make_rag(max_question_chars=100)
+    with pytest.raises(QuestionTooLong, match="limit of 100"):
+        rag.ask("why? " * 50)
+    with pytest.raises(QuestionError, match="empty"):
+        rag.ask(" \t\x00 ")
+
+
+def test_empty_index_says_how_to_add(make_rag):
+    answer = make_rag().ask("Anything?")
+    assert not answer.found and "rag ingest" in answer.answer and answer.sources == ()
+
+
+def test_cli_ask_json(tmp_path):
+    env = {**os.environ, "RAG_INDEX": str(tmp_path / "idx")}
+    cmd = [sys.executable, "-m", "rag.cli"]
+    subprocess.run([*cmd, "ingest", str(SAMPLE)], check=True, env=env, capture_output=True, timeout=300)
+    p = subprocess.run(
+        [*cmd, "ask", "--json", ALUMINUM], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert p.returncode == 0, p.stderr
+    data = json.loads(p.stdout)
+    assert set(data) == {"answer", "found", "query", "sources", "timings"}
+    assert data["query"] == ALUMINUM and "2 million" in data["answer"]
+    src = data["sources"][0]
+    assert {"n", "article_id", "title", "url", "date", "text", "evidence", "score", "cited"} <= set(src)
+    assert set(data["timings"]) == {
+        "retrieve_ms",
+        "first_token_ms",
+        "total_ms",
+        "prompt_tokens",
+        "completion_tokens",
+        "tokens_per_s",
+    }

@@ -1,0 +1,177 @@
+"""The index folder: generations, idempotent re-ingest, replace, remove, corruption, crashes."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from rag.errors import EmbedderMismatch, IndexCorrupt, IndexNotFound
+from rag.ingest import ingest, remove
+from rag.settings import Settings
+from rag.store import Snapshot, recover
+
+from .conftest import ROOT, FakeEmbedder
+
+
+def write_corpus(folder: Path, n: int = 3, version: str = "v1") -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        (folder / f"a{i}.txt").write_text(
+            " ".join(f"Article {i} {version} sentence {j} about harbour cranes." for j in range(20))
+        )
+
+
+def test_ingest_reingest_replace_remove(tmp_path, fake_embedder):
+    s = Settings(index=tmp_path / "idx", chunk_tokens=40, chunk_overlap=8)
+    write_corpus(tmp_path / "docs")
+    r1 = ingest([tmp_path / "docs"], settings=s, embedder=fake_embedder)
+    assert len(r1.added) == 3 and r1.chunks > 3 and r1.ok
+    snap = Snapshot.open(s.index)
+    assert snap.generation == "gen-000001" and len(snap) == r1.chunks
+    assert snap.manifest["embedder"] == {"name": "fake", "dimension": 64, "max_seq_length": 64}
+    assert snap.manifest["chunking"]["chunk_tokens"] == 40
+    assert set(snap.manifest["files"]) == {"vectors.faiss", "chunks.sqlite"}
+
+    r2 = ingest([tmp_path / "docs"], settings=s, embedder=fake_embedder)
+    assert len(r2.unchanged) == 3 and r2.chunks == 0
+    assert Snapshot.open(s.index).generation == "gen-000001"  # a no-op writes nothing
+
+    (tmp_path / "docs" / "a1.txt").write_text("Completely new text for article one. Short now.")
+    r3 = ingest([tmp_path / "docs"], settings=s, embedder=fake_embedder)
+    assert len(r3.updated) == 1 and len(r3.unchanged) == 2
+    snap = Snapshot.open(s.index)
+    a1 = next(a for a in snap.articles() if a.id.endswith("a1.txt"))
+    assert a1.chunks == 1
+    assert len(snap) == sum(a.chunks for a in snap.articles())
+    assert sorted(p.name for p in s.index.glob("gen-*")) == ["gen-000001", "gen-000002"]
+
+    assert remove([a1.id, "nope"], settings=s) == ["nope"]
+    snap = Snapshot.open(s.index)
+    assert len(snap.articles()) == 2 and len(snap) == sum(a.chunks for a in snap.articles())
+    # Only the live and the previous generation are kept.
+    assert sorted(p.name for p in s.index.glob("gen-*")) == ["gen-000002", "gen-000003"]
+
+
+def test_search_returns_chunk_text_from_offsets(tmp_path, fake_embedder):
+    s = Settings(index=tmp_path / "idx", chunk_tokens=40, chunk_overlap=8)
+    write_corpus(tmp_path / "docs")
+    ingest([tmp_path / "docs"], settings=s, embedder=fake_embedder)
+    snap = Snapshot.open(s.index)
+    hits = snap.search(fake_embedder.encode_query("Article 2 sentence 15"), 3)
+    rows = snap.chunks([i for i, _ in hits])
+    assert rows and all(r.text in snap.article(r.article_id)[1] for r in rows)
+
+
+def test_embedder_mismatch_and_missing_index(tmp_path, fake_embedder):
+    s = Settings(index=tmp_path / "idx", chunk_tokens=40, chunk_overlap=8)
+    with pytest.raises(IndexNotFound, match="rag ingest"):
+        Snapshot.open(s.index)
+    write_corpus(tmp_path / "docs", n=1)
+    ingest([tmp_path / "docs"], settings=s, embedder=fake_embedder)
+    other = FakeEmbedder(name="other", dimension=32)
+    with pytest.raises(EmbedderMismatch, match="built with embedder 'fake'"):
+        ingest([tmp_path / "docs"], settings=s, embedder=other)
+
+
+@pytest.mark.parametrize("victim", ["vectors.faiss", "chunks.sqlite", "manifest.json", "CURRENT"])
+def test_corruption_is_refused_and_recoverable(tmp_path, fake_embedder, victim):
+    s = Settings(index=tmp_path / "idx", chunk_tokens=40, chunk_overlap=8)
+    write_corpus(tmp_path / "docs", n=2)
+    ingest([tmp_path / "docs"], settings=s, embedder=fake_embedder)
+    write_corpus(tmp_path / "docs", n=3, version="v2")
+    ingest([tmp_path / "docs"], settings=s, embedder=fake_embedder)
+    path = s.index / victim if victim == "CURRENT" else s.index / "gen-000002" / victim
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+    with pytest.raises(IndexCorrupt, match="rag recover"):
+        Snapshot.open(s.index)
+    gen = recover(s.index)
+    assert gen in ("gen-000001", "gen-000002")
+    assert len(Snapshot.open(s.index).articles()) in (2, 3)
+
+
+KILLER = textwrap.dedent(
+    """
+    import os, signal, sys
+    sys.path.insert(0, {root!r})
+    sys.path.insert(0, {tests!r})
+    import rag.store as store
+    from conftest import FakeEmbedder
+    from rag.ingest import ingest
+    from rag.settings import Settings
+
+    where = sys.argv[1]
+    real_durable, real_fsync = store._write_durably, store._fsync
+    calls = {{"fsync": 0}}
+
+    def durable(path, data):
+        if where == "pointer" and path.name == "CURRENT":
+            os.kill(os.getpid(), signal.SIGKILL)
+        return real_durable(path, data)
+
+    def fsync(path):
+        calls["fsync"] += 1
+        if where == "files" and calls["fsync"] == 2:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return real_fsync(path)
+
+    store._write_durably, store._fsync = durable, fsync
+    s = Settings(index=sys.argv[2], chunk_tokens=40, chunk_overlap=8)
+    ingest([sys.argv[3]], settings=s, embedder=FakeEmbedder())
+    """
+)
+
+
+@pytest.mark.parametrize("where", ["files", "pointer"])
+def test_kill_during_commit_leaves_last_generation(tmp_path, fake_embedder, where):
+    s = Settings(index=tmp_path / "idx", chunk_tokens=40, chunk_overlap=8)
+    write_corpus(tmp_path / "docs", n=2)
+    ingest([tmp_path / "docs"], settings=s, embedder=fake_embedder)
+    before = {a.id: a.chunks for a in Snapshot.open(s.index).articles()}
+    write_corpus(tmp_path / "docs", n=4, version="v2")
+    script = tmp_path / "killer.py"
+    script.write_text(KILLER.format(root=str(ROOT), tests=str(ROOT / "tests")))
+    proc = subprocess.run(
+        [sys.executable, str(script), where, str(s.index), str(tmp_path / "docs")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == -9, proc.stderr
+    snap = Snapshot.open(s.index)
+    assert snap.generation == "gen-000001"
+    assert {a.id: a.chunks for a in snap.articles()} == before
+    assert len(snap) == sum(before.values())
+    # The next ingest cleans up and commits normally.
+    r = ingest([tmp_path / "docs"], settings=s, embedder=fake_embedder)
+    assert len(r.added) == 2 and len(r.updated) == 2
+    assert len(Snapshot.open(s.index).articles()) == 4
+
+
+def test_cli_ingest_list_stats_remove(tmp_path, monkeypatch):
+    """The CLI verbs, run as a user would, on the real embedder."""
+    docs = tmp_path / "docs"
+    write_corpus(docs, n=2)
+    (docs / "bad.jsonl").write_text('{"text": "fine record"}\n{broken\n')
+    env = {**os.environ, "RAG_INDEX": str(tmp_path / "idx")}
+    rag = [sys.executable, "-m", "rag.cli"]
+    p = subprocess.run([*rag, "ingest", str(docs)], capture_output=True, text=True, env=env, timeout=300)
+    assert p.returncode == 1, p.stderr
+    assert "bad.jsonl:2: malformed JSON" in p.stderr
+    assert "3 added" in p.stdout
+    p = subprocess.run([*rag, "list", "--json"], capture_output=True, text=True, env=env, check=True)
+    ids = [json.loads(line)["id"] for line in p.stdout.splitlines()]
+    assert len(ids) == 3
+    p = subprocess.run([*rag, "stats", "--json"], capture_output=True, text=True, env=env, check=True)
+    assert json.loads(p.stdout)["articles"] == 3
+    p = subprocess.run([*rag, "remove", ids[0]], capture_output=True, text=True, env=env)
+    assert p.returncode == 0 and "removed 1" in p.stdout
+    p = subprocess.run([*rag, "remove", "no-such-id"], capture_output=True, text=True, env=env)
+    assert p.returncode == 1 and "no article with id 'no-such-id'" in p.stderr

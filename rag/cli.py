@@ -278,6 +278,32 @@ def chat(**kw: Any) -> None:
 
 
 @cli.command()
+@_settings_options(*SETTING_NAMES)
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind.")
+@click.option("--port", default=7860, show_default=True, type=int)
+@click.option("--auth", metavar="USER:PASSWORD", help="Require this login.")
+@_handle_errors
+def serve(host: str, port: int, auth: str | None, **kw: Any) -> None:
+    """Start the chat UI (one process, one model) on http://HOST:PORT."""
+    from ui.app import serve as run_server
+
+    settings = _split(kw, *SETTING_NAMES)
+    credentials: tuple[str, str] | None = None
+    if auth is not None:
+        user, sep, password = auth.partition(":")
+        if not sep or not user or not password:
+            raise click.BadParameter("must look like USER:PASSWORD", param_hint="--auth")
+        credentials = (user, password)
+    if host not in ("127.0.0.1", "localhost", "::1") and credentials is None:
+        click.echo(
+            f"warning: serving on {host} without --auth: anyone who can reach this address "
+            "can read and change your articles",
+            err=True,
+        )
+    run_server(settings, host=host, port=port, auth=credentials)
+
+
+@cli.command()
 @click.option("--assemble", is_flag=True, help="Assemble and verify every bundled model now.")
 @_handle_errors
 def models(assemble: bool) -> None:

@@ -165,7 +165,7 @@ class RAG:
             return []
         k = k or self.settings.top_k
         qvec = self.embedder.encode_query(query)
-        hits = search(snap, qvec, k)
+        hits = search(snap, query, qvec, k, fusion=self.settings.fusion)
         ev = evidence(
             self.embedder, qvec, [r.text for r, _ in hits], per_text=self.settings.evidence_sentences
         )
@@ -237,7 +237,8 @@ class RAG:
                 gen.stream(gen.format(messages), max_tokens=64, temperature=0.0, seed=self.settings.seed)
             )
         rewritten = out.strip().strip('"').strip()
-        rewritten = rewritten.split("\n")[0].removeprefix("Rewritten question:").strip()
+        rewritten = rewritten.split("\n")[0].removeprefix("Rewritten question:")
+        rewritten = re.sub(r"\s*\[\d+\]", "", rewritten).strip()
         if not rewritten or len(rewritten) > 3 * len(question) + 200:
             # A small model can ramble: then the previous question gives the context.
             last_user = next((m["content"] for m in reversed(turns) if m["role"] == "user"), "")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 
@@ -10,13 +10,56 @@ from .chunking import split_sentences
 from .embedding import Embedder
 from .store import ChunkRow, Snapshot
 
+FUSIONS = ("rrf", "convex", "dense")
 
-def search(snapshot: Snapshot, query_vec: np.ndarray, k: int) -> list[tuple[ChunkRow, float]]:
-    """Top-k chunks by inner product (cosine on normalised vectors)."""
-    found = snapshot.search(query_vec, k)
-    rows = snapshot.chunks([i for i, _ in found])
-    scores = dict(found)
-    return [(r, scores[r.id]) for r in rows]
+
+def search(
+    snapshot: Snapshot,
+    query: str,
+    query_vec: np.ndarray,
+    k: int,
+    *,
+    fusion: str = "convex",
+    weight: float = 0.5,
+) -> list[tuple[ChunkRow, float]]:
+    """Top-k chunks by dense similarity fused with BM25, each with its cosine similarity.
+
+    `convex` ranks by `weight * cosine' + (1 - weight) * bm25'`, both min-max scaled over
+    the candidate pool; `rrf` by reciprocal rank fusion; `dense` ignores keywords.
+    """
+    pool = max(4 * k, 20)
+    dense = snapshot.search(query_vec, pool)
+    sparse = [] if fusion == "dense" else snapshot.keyword_search(query, pool)
+    cos = dict(dense)
+    missing = [i for i, _ in sparse if i not in cos]
+    if missing:
+        cos.update(zip(missing, (snapshot.vectors(missing) @ query_vec).tolist(), strict=True))
+    if fusion == "dense":
+        fused = cos
+    elif fusion == "rrf":
+        fused = dict.fromkeys(cos, 0.0)
+        for ranking in (dense, sparse):
+            for rank, (i, _) in enumerate(ranking):
+                fused[i] += 1.0 / (60 + rank)
+    elif fusion == "convex":
+        bm = dict(sparse)
+        fused = {
+            i: weight * _scale(c, cos.values()) + (1 - weight) * _scale(bm.get(i, 0.0), bm.values())
+            for i, c in cos.items()
+        }
+    else:
+        raise ValueError(f"fusion must be one of {', '.join(FUSIONS)}, got {fusion!r}")
+    top = sorted(fused, key=lambda i: (-fused[i], -cos[i]))[:k]
+    rows = snapshot.chunks(top)
+    return [(r, float(cos[r.id])) for r in rows]
+
+
+def _scale(x: float, values: Iterable[float]) -> float:
+    vals = list(values)
+    if not vals:
+        return 0.0
+    lo, hi = min(vals), max(vals)
+    return (x - lo) / (hi - lo) if hi > lo else (1.0 if x >= hi and x > 0 else 0.0)
 
 
 def evidence(

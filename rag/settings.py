@@ -66,6 +66,7 @@ class Settings:
         max_question_chars: longer questions raise `QuestionTooLong`.
         max_queue: requests allowed to wait for the model before `Busy` is raised.
         evidence_sentences: evidence sentences kept per source.
+        fusion: how dense and BM25 rankings combine: convex, rrf, or dense (no keywords).
     """
 
     index: Path = Path("index")
@@ -78,13 +79,14 @@ class Settings:
     max_tokens: int = 200
     temperature: float = 0.0
     seed: int = 0
-    chunk_tokens: int = 200
-    chunk_overlap: int = 40
+    chunk_tokens: int = 128
+    chunk_overlap: int = 32
     batch_size: int = 32
     max_file_mb: float = 50.0
     max_question_chars: int = 2000
     max_queue: int = 32
     evidence_sentences: int = 2
+    fusion: str = "convex"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "index", Path(self.index))

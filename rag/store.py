@@ -24,6 +24,7 @@ import json
 import logging
 import os
 import platform
+import re
 import shutil
 import sqlite3
 import time
@@ -57,7 +58,25 @@ CREATE TABLE IF NOT EXISTS chunks (
 );
 CREATE INDEX IF NOT EXISTS chunks_article ON chunks(article_id);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE VIRTUAL TABLE IF NOT EXISTS chunks_fts USING fts5(
+    text, tokenize = 'porter unicode61 remove_diacritics 2'
+);
 """
+
+# Words too common to help a keyword match; the dense side still sees them.
+_STOPWORDS = frozenset(
+    ["a", "an", "and", "are", "as", "at", "be", "been", "but", "by", "can", "could", "did", "do", "does", "for", "from", "had", "has", "have", "he", "her", "his", "how", "i", "if", "in", "into", "is", "it", "its", "may", "me", "might", "my", "not", "of", "on", "or", "our", "she", "should", "so", "than", "that", "the", "their", "them", "then", "there", "these", "they", "this", "those", "to", "us", "was", "we", "were", "what", "when", "where", "which", "who", "whom", "whose", "why", "will", "with", "would", "you", "your"]
+)
+_WORD = re.compile(r"\w+", re.UNICODE)
+
+
+def keyword_query(text: str) -> str:
+    """An FTS5 OR-query of the distinct non-stopword words of `text` (quoted: no syntax)."""
+    words: list[str] = []
+    for w in _WORD.findall(text.lower()):
+        if w not in _STOPWORDS and w not in words:
+            words.append(w)
+    return " OR ".join(f'"{w}"' for w in words[:64])
 
 
 @dataclass(frozen=True)
@@ -221,6 +240,24 @@ class Snapshot:
         q = np.ascontiguousarray(vector.reshape(1, -1), dtype=np.float32)
         scores, ids = self.index.search(q, min(k, int(self.index.ntotal)))
         return [(int(i), float(s)) for i, s in zip(ids[0], scores[0], strict=True) if i >= 0]
+
+    def vectors(self, ids: Sequence[int]) -> np.ndarray:
+        """The stored vectors of chunk ids (IndexIDMap2 keeps the id map for this)."""
+        import numpy as np
+
+        return np.vstack([self.index.reconstruct(int(i)) for i in ids])
+
+    def keyword_search(self, query: str, k: int) -> list[tuple[int, float]]:
+        """Top-k chunks by BM25 (SQLite FTS5); scores are positive, higher is better."""
+        match = keyword_query(query)
+        if not match:
+            return []
+        rows = self.db.execute(
+            "SELECT rowid, bm25(chunks_fts) FROM chunks_fts WHERE chunks_fts MATCH ? "
+            "ORDER BY bm25(chunks_fts) LIMIT ?",
+            (match, k),
+        ).fetchall()
+        return [(int(i), -float(s)) for i, s in rows]
 
     def chunks(self, ids: Sequence[int]) -> list[ChunkRow]:
         """Rows for `ids`, in the same order."""
@@ -389,8 +426,10 @@ class Transaction:
                 gone = [*self._removes, *(a for a in self._puts if a in self._hashes)]
                 old_ids: list[int] = []
                 for aid in gone:
-                    old_ids += [r[0] for r in db.execute("SELECT id FROM chunks WHERE article_id=?", (aid,))]
+                    ids_of = [r[0] for r in db.execute("SELECT id FROM chunks WHERE article_id=?", (aid,))]
+                    old_ids += ids_of
                     db.execute("DELETE FROM chunks WHERE article_id=?", (aid,))
+                    db.executemany("DELETE FROM chunks_fts WHERE rowid=?", [(i,) for i in ids_of])
                     db.execute("DELETE FROM articles WHERE id=?", (aid,))
                 if old_ids:
                     index.remove_ids(np.asarray(old_ids, dtype=np.int64))
@@ -419,6 +458,10 @@ class Transaction:
                             (int(i), c.article_id, c.ordinal, c.start, c.end)
                             for i, c in zip(ids, chunks, strict=True)
                         ],
+                    )
+                    db.executemany(
+                        "INSERT INTO chunks_fts(rowid, text) VALUES (?, ?)",
+                        [(int(i), f"{article.title}\n{c.text}") for i, c in zip(ids, chunks, strict=True)],
                     )
                     if len(chunks):
                         index.add_with_ids(np.ascontiguousarray(vectors, dtype=np.float32), ids)

@@ -65,7 +65,10 @@ CREATE VIRTUAL TABLE IF NOT EXISTS chunks_fts USING fts5(
 
 # Words too common to help a keyword match; the dense side still sees them.
 _STOPWORDS = frozenset(
-    ["a", "an", "and", "are", "as", "at", "be", "been", "but", "by", "can", "could", "did", "do", "does", "for", "from", "had", "has", "have", "he", "her", "his", "how", "i", "if", "in", "into", "is", "it", "its", "may", "me", "might", "my", "not", "of", "on", "or", "our", "she", "should", "so", "than", "that", "the", "their", "them", "then", "there", "these", "they", "this", "those", "to", "us", "was", "we", "were", "what", "when", "where", "which", "who", "whom", "whose", "why", "will", "with", "would", "you", "your"]
+    """a an and are as at be been but by can could did do does for from had has have he her his
+    how i if in into is it its may me might my not of on or our she should so than that the their
+    them then there these they this those to us was we were what when where which who whom whose
+    why will with would you your""".split()
 )
 _WORD = re.compile(r"\w+", re.UNICODE)
 

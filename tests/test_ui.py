@@ -68,7 +68,7 @@ def ask(client: Client, question: str, *, k: int = 5, max_tokens: int = 200) -> 
 
 def test_answer_streams_in_with_cited_highlighted_sources(client):
     job = ask(client, QUESTION)
-    chat, sources, query, status, timings = job.result(timeout=300)[0], *job.result()[2:]
+    chat, _, sources, query, status, timings = job.result(timeout=300)
     final = answer_of(chat)
     assert "2 million" in final
     assert "[1]" in final
@@ -101,7 +101,7 @@ def test_follow_up_is_searched_as_a_standalone_query(client):
 
 def test_answer_not_in_articles_is_said_plainly(client):
     job = ask(client, "What is the boiling point of liquid nitrogen in kelvin?", max_tokens=48)
-    chat, sources, *_ = job.result(timeout=300)
+    chat, _, sources, *_ = job.result(timeout=300)
     assert "Not in your articles" in answer_of(chat)
     assert "None of these passages answers the question" in sources
     assert '<span class="rag-badge">cited</span>' not in sources
@@ -243,7 +243,7 @@ def test_empty_library_says_how_to_add_articles(tmp_path, real_embedder, real_ge
         header, table, _ = c.predict(api_name="/library")
         assert header == EMPTY_LIBRARY
         assert table["data"] == []
-        chat, sources, *_ = c.predict(QUESTION, 5, 0.0, 64, api_name="/ask")
+        chat, _, sources, *_ = c.predict(QUESTION, 5, 0.0, 64, api_name="/ask")
         assert "no articles" in answer_of(chat)
         assert "Library" in answer_of(chat)
         assert "No passage was found" in sources

@@ -303,6 +303,61 @@ def serve(host: str, port: int, auth: str | None, **kw: Any) -> None:
     run_server(settings, host=host, port=port, auth=credentials)
 
 
+@cli.command(name="eval")
+@click.option("--articles", type=click.Path(exists=True, dir_okay=False, path_type=Path), required=True)
+@click.option("--qa", type=click.Path(exists=True, dir_okay=False, path_type=Path), required=True)
+@_settings_options("index", "embedder", "model", "n_ctx", "threads", "temperature", "max_tokens")
+@click.option("-k", "k", type=int, default=5, show_default=True, help="Passages per question.")
+@click.option("--limit", type=int, help="Evaluate a random sample of N questions.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of that sample.")
+@click.option("--retrieval-only", is_flag=True, help="Skip generation: recall and MRR in seconds.")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="Write the JSON report here.")
+@_handle_errors
+def eval_(
+    articles: Path,
+    qa: Path,
+    k: int,
+    limit: int | None,
+    seed: int,
+    retrieval_only: bool,
+    out: Path | None,
+    **kw: Any,
+) -> None:
+    """Score answers on a question set (articles.jsonl + qa.jsonl, see shared/README.md)."""
+    from .evaluate import evaluate, load_questions
+    from .pipeline import RAG
+
+    if kw.get("index") is None:
+        kw["index"] = Path("index") / f"eval-{articles.resolve().parent.name}"
+    settings = _split(kw, *SETTING_NAMES)
+    questions = load_questions(qa, limit=limit, seed=seed)
+    rag = RAG(settings)
+    report = rag.ingest([articles])
+    for path, reason in report.failed:
+        click.echo(f"error: {path}: {reason}", err=True)
+    with click.progressbar(length=len(questions), label="Questions", file=sys.stderr) as bar:
+        result = evaluate(
+            rag,
+            questions,
+            k=k,
+            retrieval_only=retrieval_only,
+            progress=lambda done, total: bar.update(done - bar.pos),
+        )
+    result["settings"].update(
+        articles=str(articles),
+        qa=str(qa),
+        model=settings.model,
+        embedder=settings.embedder,
+        index=str(settings.index),
+    )
+    for key, value in result["metrics"].items():
+        click.echo(f"{key:20} {'-' if value is None else value}")
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(result, indent=1, ensure_ascii=False))
+        click.echo(f"report written to {out}")
+
+
 @cli.command()
 @click.option("--assemble", is_flag=True, help="Assemble and verify every bundled model now.")
 @_handle_errors

@@ -1,0 +1,180 @@
+"""`rag eval`: question sets through the same path as `rag ask`, scored SQuAD-style."""
+
+from __future__ import annotations
+
+import collections
+import json
+import logging
+import random
+import re
+import string
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+METRIC_KEYS = (
+    "recall_at_k",
+    "mrr",
+    "containment",
+    "f1",
+    "refusal_accuracy",
+    "false_refusal_rate",
+    "p50_s",
+    "p95_s",
+    "tokens_per_s",
+)
+
+_PUNCT = set(string.punctuation) | {"“", "”", "‘", "’", "–", "—"}
+
+
+def normalize(text: str) -> str:
+    """SQuAD's answer normalisation: lower case, no punctuation, articles or extra spaces."""
+    text = "".join(ch for ch in text.lower() if ch not in _PUNCT)
+    text = re.sub(r"\b(a|an|the)\b", " ", text)
+    return " ".join(text.split())
+
+
+def contains(text: str, answers: Sequence[str]) -> bool:
+    t = normalize(text)
+    return any(normalize(a) and normalize(a) in t for a in answers)
+
+
+def f1(prediction: str, answers: Sequence[str]) -> float:
+    """SQuAD token F1 against the best-matching gold answer."""
+    pred = normalize(prediction).split()
+    best = 0.0
+    for a in answers:
+        gold = normalize(a).split()
+        common = collections.Counter(pred) & collections.Counter(gold)
+        same = sum(common.values())
+        if same == 0:
+            continue
+        p, r = same / len(pred), same / len(gold)
+        best = max(best, 2 * p * r / (p + r))
+    return best
+
+
+@dataclass(frozen=True)
+class Question:
+    id: str
+    question: str
+    answers: tuple[str, ...]
+    answerable: bool
+
+
+def load_questions(path: str | Path, *, limit: int | None = None, seed: int = 0) -> list[Question]:
+    out: list[Question] = []
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                d = json.loads(line)
+                out.append(
+                    Question(
+                        str(d["id"]),
+                        d["question"],
+                        tuple(d.get("answers") or ()),
+                        bool(d.get("answerable", True)),
+                    )
+                )
+            except (ValueError, KeyError, TypeError) as e:
+                raise ConfigError(
+                    f"{path}:{lineno}: not a question record ({e}); see shared/README.md"
+                ) from None
+    if limit is not None and limit < len(out):
+        out = random.Random(seed).sample(out, limit)
+    return out
+
+
+def _percentile(values: Sequence[float], q: float) -> float:
+    if not values:
+        return 0.0
+    v = sorted(values)
+    pos = (len(v) - 1) * q
+    lo = int(pos)
+    hi = min(lo + 1, len(v) - 1)
+    return v[lo] + (v[hi] - v[lo]) * (pos - lo)
+
+
+def evaluate(
+    rag: Any,
+    questions: Sequence[Question],
+    *,
+    k: int,
+    retrieval_only: bool = False,
+    progress: Callable[[int, int], None] | None = None,
+) -> dict[str, Any]:
+    """Ask every question through `rag` (a `rag.RAG`); returns {"metrics", "records"}."""
+    records: list[dict[str, Any]] = []
+    hits = rr = cont = f1s = 0.0
+    answerable = unanswerable = refused_right = refused_wrong = 0
+    seconds: list[float] = []
+    tps: list[float] = []
+    for i, q in enumerate(questions, start=1):
+        t0 = time.perf_counter()
+        if retrieval_only:
+            sources = rag.retrieve(q.question, k=k)
+            record: dict[str, Any] = {"query": q.question, "sources": [s.to_dict() for s in sources]}
+            found = True
+            answer_text = ""
+        else:
+            answer = rag.ask(q.question, k=k)
+            sources = list(answer.sources)
+            record = answer.to_dict()
+            found = answer.found
+            answer_text = answer.answer if found else ""
+            if answer.timings.tokens_per_s:
+                tps.append(answer.timings.tokens_per_s)
+        seconds.append(time.perf_counter() - t0)
+        rank = next((n for n, s in enumerate(sources, 1) if contains(s.text, q.answers)), 0)
+        if q.answerable:
+            answerable += 1
+            hits += rank > 0
+            rr += 1 / rank if rank else 0.0
+            if not retrieval_only:
+                cont += contains(answer_text, q.answers)
+                f1s += f1(answer_text, q.answers)
+                refused_wrong += not found
+        else:
+            unanswerable += 1
+            refused_right += not found
+        record.update(
+            id=q.id, question=q.question, gold=list(q.answers), answerable=q.answerable, retrieved_rank=rank
+        )
+        records.append(record)
+        if progress:
+            progress(i, len(questions))
+
+    def ratio(a: float, b: int) -> float | None:
+        return round(a / b, 4) if b else None
+
+    generated = not retrieval_only
+    metrics = {
+        "recall_at_k": ratio(hits, answerable),
+        "mrr": ratio(rr, answerable),
+        "containment": ratio(cont, answerable) if generated else None,
+        "f1": ratio(f1s, answerable) if generated else None,
+        "refusal_accuracy": ratio(refused_right, unanswerable) if generated else None,
+        "false_refusal_rate": ratio(refused_wrong, answerable) if generated else None,
+        "p50_s": round(_percentile(seconds, 0.5), 3),
+        "p95_s": round(_percentile(seconds, 0.95), 3),
+        "tokens_per_s": round(sum(tps) / len(tps), 1) if tps else None,
+    }
+    return {
+        "metrics": metrics,
+        "settings": {
+            "k": k,
+            "retrieval_only": retrieval_only,
+            "questions": len(questions),
+            "answerable": answerable,
+            "unanswerable": unanswerable,
+        },
+        "records": records,
+    }

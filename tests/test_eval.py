@@ -1,0 +1,59 @@
+"""`rag eval`: SQuAD scoring, and the retrieval-only run through the CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from rag.evaluate import METRIC_KEYS, contains, f1, normalize
+
+from .conftest import SQUAD
+
+
+def test_squad_normalisation_and_f1():
+    assert normalize("The  Battle of Hastings!") == "battle of hastings"
+    assert contains("It was in the 10th and 11th centuries.", ["10th and 11th centuries"])
+    assert f1("in the 10th and 11th centuries", ["10th and 11th centuries"]) == 1.0
+    assert 0 < f1("Denmark and Norway", ["Denmark, Iceland and Norway"]) < 1
+    assert f1("", ["x"]) == 0.0
+
+
+@pytest.mark.skipif(not SQUAD.exists(), reason="shared eval data not present")
+def test_cli_eval_retrieval_only(tmp_path):
+    out = tmp_path / "report.json"
+    env = {**os.environ}
+    p = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "rag.cli",
+            "eval",
+            "--articles",
+            str(SQUAD / "articles.jsonl"),
+            "--qa",
+            str(SQUAD / "qa.jsonl"),
+            "--index",
+            str(tmp_path / "idx"),
+            "--limit",
+            "40",
+            "--seed",
+            "1",
+            "--retrieval-only",
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
+    assert p.returncode == 0, p.stderr
+    report = json.loads(out.read_text())
+    assert tuple(report["metrics"]) == METRIC_KEYS
+    assert report["metrics"]["recall_at_k"] >= 0.9
+    assert len(report["records"]) == 40
+    assert {"gold", "question", "sources", "retrieved_rank"} <= set(report["records"][0])

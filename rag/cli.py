@@ -131,6 +131,8 @@ def ingest(paths: tuple[str, ...], fields: tuple[str, ...], rebuild: bool, **kw:
     )
     if bar is not None:
         bar.__exit__(None, None, None)
+        if not sys.stderr.isatty():
+            click.echo(err=True)  # click ends the bar's line only on a terminal
     click.echo(
         f"{len(report.added)} added, {len(report.updated)} updated, "
         f"{len(report.unchanged)} unchanged, {len(report.failed)} failed; "

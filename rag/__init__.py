@@ -49,6 +49,8 @@ __all__ = [
     "Source",
     "Timings",
     "ask",
+    "citations",
+    "is_refusal",
 ]
 
 __version__ = "0.1.0"
@@ -61,6 +63,8 @@ _LAZY = {
     "ChatSession": "pipeline",
     "ask": "pipeline",
     "Gate": "generation",
+    "citations": "prompt",
+    "is_refusal": "prompt",
 }
 
 

@@ -1,0 +1,144 @@
+"""The chat UI in a real headless Chromium (Debian's), driven by Playwright.
+
+Never downloads a browser: without /usr/bin/chromium the module is skipped.
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import urlparse
+
+import pytest
+
+import rag
+from ui.app import launch
+
+from .conftest import ROOT, SAMPLE
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--headless=new",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+SCREENSHOT = ROOT / "docs" / "screenshot.png"
+QUESTION = "How much aluminum could Russia sell to the United States?"
+LOOPBACK = {"127.0.0.1", "localhost", "::1", "[::1]"}
+
+# The answer's own bubble, not the collapsible sources message under it.
+ANSWER = "#chat .bot-row .message:not(.thought) > [data-testid='bot']"
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        not CHROMIUM.exists(), reason="/usr/bin/chromium is not installed (apt install chromium)"
+    ),
+]
+
+# Records every text the answer bubble shows, as it changes, from inside the page.
+WATCH_ANSWER = """(sel) => {
+  window.__answers = [];
+  const seen = () => {
+    const el = document.querySelector(sel);
+    const text = el ? el.innerText.trim() : '';
+    if (text && window.__answers[window.__answers.length - 1] !== text) window.__answers.push(text);
+  };
+  new MutationObserver(seen).observe(document.body, {subtree: true, childList: true, characterData: true});
+}"""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def url(tmp_path_factory, real_embedder, real_generator) -> Iterator[str]:
+    index = tmp_path_factory.mktemp("browser") / "index"
+    r = rag.RAG(rag.Settings(index=index), embedder=real_embedder, generator=real_generator)
+    r.ingest([SAMPLE])
+    demo, local_url = launch(r, port=free_port())
+    yield local_url
+    demo.close(verbose=False)
+
+
+def test_chat_streams_cites_and_opens_the_source(url):
+    from playwright.sync_api import sync_playwright
+
+    requests: list[str] = []
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
+        try:
+            context = browser.new_context(viewport={"width": 1400, "height": 1000})
+            # Context-wide, so workers and any popup are recorded too, not just the page.
+            context.on("request", lambda req: requests.append(req.url))
+            context.on("websocket", lambda ws: requests.append(ws.url))
+            page = context.new_page()
+            page.goto(url)
+            box = page.locator("#question textarea")
+            box.wait_for()
+            page.evaluate(WATCH_ANSWER, ANSWER)
+
+            box.fill(QUESTION)
+            box.press("Enter")
+            page.wait_for_function(
+                "() => document.querySelector('#timings')?.innerText.includes('tokens/s')", timeout=240_000
+            )
+            final = page.locator(ANSWER).inner_text().strip()
+            assert "2 million" in final and "[1]" in final
+
+            # It streamed: the bubble showed several growing prefixes of the answer on the way.
+            seen = page.evaluate("() => window.__answers")
+            prefixes = [t for t in seen if t != final and final.startswith(t)]
+            assert len(prefixes) >= 2, seen
+            assert [len(t) for t in prefixes] == sorted(len(t) for t in prefixes)
+
+            # The cited source, with its evidence sentence highlighted.
+            cited = page.locator("#sources .rag-src.cited").first
+            assert "cited" in cited.locator(".rag-badge").inner_text()
+            mark = cited.locator("mark", has_text="2 million tons")
+            assert mark.count() == 1
+            assert mark.evaluate("(m) => getComputedStyle(m).backgroundColor") != "rgba(0, 0, 0, 0)"
+
+            # Clicking it opens the whole article at that passage.
+            cited.click()
+            here = page.locator("#article .rag-here")
+            here.wait_for(timeout=30_000)
+            assert "2 million tons" in here.locator("mark").inner_text()
+            whole = page.locator("#article .rag-article-text").inner_text()
+            assert whole.startswith("Moscow has expressed willingness")
+            page.wait_for_function(
+                """() => {
+                  const box = document.querySelector('#article .rag-article-text');
+                  const here = document.querySelector('#article .rag-here');
+                  if (!box || !here) return false;
+                  const b = box.getBoundingClientRect(), h = here.getBoundingClientRect();
+                  return h.top >= b.top - 1 && h.top < b.bottom;
+                }""",
+                timeout=10_000,
+            )
+
+            # Leave the pointer off the cards so the screenshot shows no hover state.
+            page.mouse.move(5, 5)
+            page.evaluate("() => window.scrollTo(0, 0)")
+            time.sleep(0.5)
+            SCREENSHOT.parent.mkdir(exist_ok=True)
+            page.screenshot(path=str(SCREENSHOT), full_page=True)
+        finally:
+            browser.close()
+
+    assert requests, "no request was recorded"
+    outside = [
+        u
+        for u in requests
+        if urlparse(u).scheme not in ("data", "blob") and urlparse(u).hostname not in LOOPBACK
+    ]
+    assert outside == [], f"the page reached beyond loopback: {outside}"

@@ -1,0 +1,820 @@
+"""The Gradio face of `rag`: a chat over your articles, their sources, and the library.
+
+It uses only the public names of the `rag` package. Everything stays on this machine: the
+server binds loopback unless told otherwise, there is no share link, no analytics, no web
+font, and Gradio serves back only the files it stored itself on upload.
+"""
+
+import os
+
+# Gradio decides on telemetry when it is imported and when Blocks are built.
+os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
+
+import html
+import logging
+import re
+import shutil
+import threading
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import gradio as gr
+
+import rag
+from rag import RAG, Settings
+
+log = logging.getLogger(__name__)
+
+# Questions about the bundled sample, samples/russia-us-rare-earths.txt.
+EXAMPLES = (
+    "How much aluminum could Russia sell to the United States?",
+    "What did Kyiv ask for?",
+    "What did Putin say about rare earth metals?",
+)
+UPLOAD_TYPES = [".txt", ".md", ".html", ".htm", ".pdf", ".json", ".jsonl", ".csv"]
+
+NOT_FOUND = "The articles in your library do not hold the answer to this question."
+WAITING = "Waiting for the model: it is answering another question. Yours starts next."
+BUSY = "The model is busy with other requests. Try again in a moment."
+EMPTY_LIBRARY = "No articles yet: add some in the **Library** tab, or run `rag ingest PATH...`."
+
+# A turn of the conversation, kept as plain values so that Gradio can copy session state.
+Turn = dict[str, Any]
+
+
+THEME = gr.themes.Default(
+    # Fonts named explicitly: served by Gradio itself or found on the system, never from Google.
+    font=(gr.themes.LocalFont("Source Sans Pro"), "ui-sans-serif", "system-ui", "sans-serif"),
+    font_mono=(gr.themes.LocalFont("IBM Plex Mono"), "ui-monospace", "monospace"),
+)
+
+CSS = """
+.rag-small { font-size: 0.85em; color: var(--body-text-color-subdued); }
+.rag-sources { display: flex; flex-direction: column; gap: 0.6rem; }
+.rag-hint { font-size: 0.85em; color: var(--body-text-color-subdued); margin-bottom: 0.2rem; }
+.rag-src { border: 1px solid var(--border-color-primary); border-radius: 8px; padding: 0.55rem 0.75rem;
+  cursor: pointer; background: var(--background-fill-primary); }
+.rag-src:hover, .rag-src:focus { border-color: var(--color-accent); outline: none; }
+.rag-src.cited { border-left: 4px solid var(--color-accent); }
+.rag-src-head { font-weight: 600; }
+.rag-n { color: var(--color-accent); margin-right: 0.25rem; }
+.rag-badge { font-size: 0.72em; font-weight: 600; padding: 0.05rem 0.4rem; border-radius: 999px;
+  background: var(--color-accent-soft); color: var(--color-accent); margin-left: 0.35rem; }
+.rag-meta { font-size: 0.82em; color: var(--body-text-color-subdued); margin-top: 0.1rem; }
+.rag-passage { font-size: 0.92em; line-height: 1.45; margin-top: 0.35rem; }
+.rag-sources mark, .rag-article mark, .rag-chat-src mark {
+  background: #fde68a; color: #1f2937; padding: 0 0.1em; border-radius: 2px; }
+.rag-article h3 { margin: 0 0 0.2rem 0; }
+.rag-article-text { position: relative; white-space: pre-wrap; line-height: 1.5; max-height: 26rem;
+  overflow-y: auto; margin-top: 0.5rem; padding-right: 0.4rem; }
+.rag-here { background: rgba(59, 130, 246, 0.13); outline: 1px solid rgba(59, 130, 246, 0.45);
+  border-radius: 3px; }
+.rag-chat-src { font-size: 0.9em; margin: 0.15rem 0 0.45rem 0; }
+"""
+
+# The sources panel tells the server which card was clicked; links inside keep their job.
+SOURCES_JS = """
+const pick = (e) => {
+  if (e.target.closest('a')) return;
+  const card = e.target.closest('[data-n]');
+  if (card) trigger('click', {turn: Number(card.dataset.turn), n: Number(card.dataset.n)});
+};
+element.addEventListener('click', pick);
+element.addEventListener('keydown', (e) => { if (e.key === 'Enter' || e.key === ' ') pick(e); });
+"""
+
+# Scroll the article's own box to the passage, then bring the box into view.
+ARTICLE_JS = """
+const reveal = () => requestAnimationFrame(() => {
+  const here = element.querySelector('.rag-here');
+  const box = element.querySelector('.rag-article-text');
+  if (!here || !box) return;
+  box.scrollTop = Math.max(0, here.offsetTop - 48);
+  element.scrollIntoView({block: 'nearest', behavior: 'smooth'});
+});
+watch('value', reveal);
+reveal();
+"""
+
+
+class Engine:
+    """The `RAG` behind every session: one model and one gate per process. Loading another
+    model file swaps the object whole, so answers already running finish on the old one."""
+
+    def __init__(self, rag_: RAG) -> None:
+        self.rag = rag_
+        self._swap = threading.Lock()
+        self._stops: dict[str, threading.Event] = {}
+        self._stops_lock = threading.Lock()
+
+    def load_model(self, model: str) -> RAG:
+        with self._swap:
+            old = self.rag
+            new = RAG(old.settings.with_(model=model), embedder=old.embedder, gate=old.gate)
+            # Load now: a bad file must fail here, not at somebody's next question.
+            _ = new.generator
+            self.rag = new
+            log.info("model switched to %s", model)
+            return new
+
+    def stop_flag(self, session: str) -> threading.Event:
+        with self._stops_lock:
+            flag = self._stops[session] = threading.Event()
+            return flag
+
+    def stop(self, session: str) -> bool:
+        with self._stops_lock:
+            flag = self._stops.get(session)
+        if flag is None:
+            return False
+        flag.set()
+        return True
+
+    def forget(self, session: str, flag: threading.Event) -> None:
+        with self._stops_lock:
+            if self._stops.get(session) is flag:
+                del self._stops[session]
+
+
+# -- rendering ------------------------------------------------------------------------------
+
+
+def _esc(text: str) -> str:
+    return html.escape(text, quote=True)
+
+
+def _safe_url(url: str) -> str | None:
+    url = (url or "").strip()
+    parsed = urlparse(url)
+    return url if parsed.scheme in ("http", "https") and parsed.netloc else None
+
+
+def _link(url: str, label: str | None = None) -> str:
+    safe = _safe_url(url)
+    if safe is None:
+        return _esc(label or url)
+    return (
+        f'<a href="{_esc(safe)}" target="_blank" rel="noopener noreferrer">'
+        f"{_esc(label or urlparse(safe).netloc)}</a>"
+    )
+
+
+def _spans(text: str, sentences: Sequence[str]) -> list[tuple[int, int]]:
+    spans: list[tuple[int, int]] = []
+    for sentence in sentences:
+        sentence = sentence.strip()
+        at = text.find(sentence) if sentence else -1
+        if at >= 0:
+            spans.append((at, at + len(sentence)))
+    merged: list[tuple[int, int]] = []
+    for s, e in sorted(spans):
+        if merged and s <= merged[-1][1]:
+            merged[-1] = (merged[-1][0], max(e, merged[-1][1]))
+        else:
+            merged.append((s, e))
+    return merged
+
+
+def highlight(text: str, sentences: Sequence[str]) -> str:
+    """`text` as HTML, each evidence sentence found in it inside `<mark>`."""
+    out: list[str] = []
+    pos = 0
+    for s, e in _spans(text, sentences):
+        out += [_esc(text[pos:s]), "<mark>", _esc(text[s:e]), "</mark>"]
+        pos = e
+    out.append(_esc(text[pos:]))
+    return "".join(out)
+
+
+def _meta(date: str, url: str, source: str, author: str = "", path: str = "") -> str:
+    parts = [_esc(p) for p in (date, author) if p]
+    if _safe_url(url):
+        parts.append(_link(url, source or None))
+    elif source:
+        parts.append(_esc(source))
+    elif path:
+        parts.append("local file " + _esc(Path(path).name))
+    else:
+        parts.append("local file")
+    return " · ".join(parts)
+
+
+def _cited_so_far(text: str) -> set[int]:
+    return set(rag.citations(text))
+
+
+def _is_cited(turn: Turn, source: dict[str, Any]) -> bool:
+    if turn["state"] == "done":
+        return bool(source.get("cited"))
+    return source["n"] in _cited_so_far(turn["answer"])
+
+
+def sources_html(turns: list[Turn], index: int | None) -> str:
+    """The sources panel for one turn: cards with the evidence marked; a click opens the article."""
+    if index is None or not 0 <= index < len(turns):
+        return '<div class="rag-hint">The passages behind each answer appear here.</div>'
+    turn = turns[index]
+    if not turn["sources"]:
+        if turn["state"] in ("waiting", "searching"):
+            return '<div class="rag-hint">Searching the articles…</div>'
+        return '<div class="rag-hint">No passage was found for this question.</div>'
+    hint = "Click a passage to read the whole article at that place."
+    if turn["found"] is False:
+        hint = "None of these passages answers the question. " + hint
+    cards = []
+    for s in turn["sources"]:
+        cited = _is_cited(turn, s)
+        badge = '<span class="rag-badge">cited</span>' if cited else ""
+        meta = _meta(s["date"], s["url"], s["source"], s["author"])
+        cards.append(
+            f'<div class="rag-src{" cited" if cited else ""}" data-turn="{index}" data-n="{s["n"]}" '
+            f'role="button" tabindex="0" title="Open the whole article at this passage">'
+            f'<div class="rag-src-head"><span class="rag-n">[{s["n"]}]</span>'
+            f"{_esc(s['title'] or '(untitled)')}{badge}</div>"
+            f'<div class="rag-meta">{meta}</div>'
+            f'<div class="rag-passage">{highlight(s["text"], s["evidence"])}</div></div>'
+        )
+    return f'<div class="rag-sources"><div class="rag-hint">{hint}</div>{"".join(cards)}</div>'
+
+
+def _chat_sources(turn: Turn) -> str:
+    """The short list shown under an answer in the chat itself."""
+    lines = [f"<p><em>Searched for:</em> {_esc(turn['query'])}</p>"]
+    for s in turn["sources"]:
+        cited = ' <span class="rag-badge">cited</span>' if _is_cited(turn, s) else ""
+        meta = _meta(s["date"], s["url"], s["source"])
+        evidence = " ".join(f"<mark>{_esc(e)}</mark>" for e in s["evidence"][:1])
+        lines.append(
+            f'<div class="rag-chat-src"><b>[{s["n"]}]</b> {_esc(s["title"] or "(untitled)")}'
+            f"{' · ' + meta if meta else ''}{cited}<br>{evidence}</div>"
+        )
+    return "\n".join(lines)
+
+
+def _answer_text(turn: Turn) -> str:
+    state = turn["state"]
+    if state == "waiting":
+        return "*Waiting for the model…*"
+    if state == "searching":
+        return "*Searching your articles…*"
+    if state == "busy":
+        return BUSY
+    if state == "error":
+        return f"**Could not answer:** {turn['note']}"
+    if turn["found"] is False:
+        # No passage at all means an empty library: the pipeline's own text says what to do.
+        return turn["answer"] if not turn["sources"] else f"**Not in your articles.** {NOT_FOUND}"
+    if state == "stopped":
+        return (turn["answer"].strip() or "…") + "\n\n*(stopped)*"
+    return turn["answer"] or "*Writing…*"
+
+
+def chat_messages(turns: list[Turn]) -> tuple[list[dict[str, Any]], list[int]]:
+    """Chatbot messages for the turns, and the turn each message belongs to."""
+    messages: list[dict[str, Any]] = []
+    owners: list[int] = []
+    for i, turn in enumerate(turns):
+        messages.append({"role": "user", "content": turn["question"]})
+        messages.append({"role": "assistant", "content": _answer_text(turn)})
+        owners += [i, i]
+        if turn["sources"]:
+            cited = [s["n"] for s in turn["sources"] if _is_cited(turn, s)]
+            title = f"Sources: {len(turn['sources'])} passages"
+            if cited:
+                title += ", cited " + " ".join(f"[{n}]" for n in cited)
+            messages.append(
+                {
+                    "role": "assistant",
+                    "content": _chat_sources(turn),
+                    "metadata": {"title": title, "status": "done"},
+                }
+            )
+            owners.append(i)
+    return messages, owners
+
+
+def timings_line(turns: list[Turn]) -> str:
+    last = next((t["timings"] for t in reversed(turns) if t.get("timings")), None)
+    if not last or not last["total_ms"]:
+        return ""
+    parts = [f"retrieval {last['retrieve_ms']:.0f} ms"]
+    if last["first_token_ms"]:
+        parts.append(f"first token {last['first_token_ms'] / 1000:.1f} s")
+    if last["tokens_per_s"]:
+        parts.append(f"{last['tokens_per_s']:.1f} tokens/s")
+    parts.append(f"total {last['total_ms'] / 1000:.1f} s")
+    return '<span class="rag-small">Last answer: ' + " · ".join(parts) + "</span>"
+
+
+def query_text(turns: list[Turn], index: int | None) -> str:
+    if index is None or not 0 <= index < len(turns):
+        return ""
+    turn = turns[index]
+    if turn["query"] == turn["question"]:
+        return f"`{turn['query']}`"
+    return f"`{turn['query']}`\n\n(rewritten from your question using the conversation)"
+
+
+def article_html(info: rag.ArticleInfo, text: str, source: dict[str, Any] | None) -> str:
+    """The whole article, the passage of `source` outlined and its evidence marked."""
+    start, end = (source["start"], source["end"]) if source else (0, 0)
+    if source and text[start:end] != source["text"]:
+        # Re-ingested since the answer: find the passage again rather than mark the wrong text.
+        at = text.find(source["text"])
+        start, end = (at, at + len(source["text"])) if at >= 0 else (0, 0)
+    if end > start:
+        body = (
+            _esc(text[:start])
+            + '<span class="rag-here">'
+            + highlight(text[start:end], source["evidence"] if source else ())
+            + "</span>"
+            + _esc(text[end:])
+        )
+    else:
+        body = _esc(text)
+    meta = _meta(info.date, info.url, info.source, info.author, info.path)
+    return (
+        f'<div class="rag-article"><h3>{_esc(info.title or "(untitled)")}</h3>'
+        f'<div class="rag-meta">{meta}{" · " if meta else ""}{info.chars:,} characters</div>'
+        f'<div class="rag-article-text">{body}</div></div>'
+    )
+
+
+ARTICLE_PLACEHOLDER = '<div class="rag-hint">Click a source to read its whole article here.</div>'
+
+
+# -- the library ----------------------------------------------------------------------------
+
+
+def _short(path: str) -> str:
+    # Uploads sit in Gradio's cache under a hash folder: the file name is what the user knows.
+    return os.path.basename(path.rstrip("/")) or path
+
+
+def library_line(r: RAG) -> str:
+    articles = r.articles()
+    if not articles:
+        return EMPTY_LIBRARY
+    chunks = sum(a.chunks for a in articles)
+    return (
+        f"**{len(articles)} article{'s' if len(articles) != 1 else ''}** in the library, "
+        f"{chunks} passages · model `{r.settings.model}`"
+    )
+
+
+def library_table(r: RAG) -> dict[str, Any]:
+    rows = [
+        [
+            a.title or "(untitled)",
+            a.date,
+            a.url or a.source or _short(a.path),
+            a.chunks,
+            a.chars,
+            a.id,
+        ]
+        for a in r.articles()
+    ]
+    return {"headers": ["Title", "Date", "Source", "Passages", "Characters", "ID"], "data": rows}
+
+
+def library_choices(r: RAG) -> list[tuple[str, str]]:
+    return [(f"{a.title or '(untitled)'} ({a.chunks} passages)", a.id) for a in r.articles()]
+
+
+def ingest_report(report: rag.IngestReport) -> str:
+    lines = []
+    done = len(report.added) + len(report.updated) + len(report.unchanged)
+    if done:
+        lines.append(
+            f"✓ {len(report.added)} added, {len(report.updated)} updated, "
+            f"{len(report.unchanged)} unchanged; {report.chunks} passages embedded "
+            f"in {report.seconds:.1f} s."
+        )
+    for path, reason in report.failed:
+        lines.append(f"✗ {_short(path)}: {reason}")
+    if not lines:
+        lines.append("Nothing to add.")
+    return "\n\n".join(lines)
+
+
+def keep_uploads(files: Sequence[str], folder: Path) -> list[Path]:
+    """Copy uploads out of Gradio's temporary folders into the library's own, under their
+    own file names: that path is the article's identity, so uploading a new version of a
+    file replaces the old one, and the originals survive Gradio's clean-up."""
+    folder.mkdir(parents=True, exist_ok=True)
+    kept = []
+    for f in files:
+        name = re.sub(r"[^\w.\- ]", "_", Path(f).name).strip(". ") or "upload.txt"
+        target = folder / name
+        shutil.copyfile(f, target)
+        kept.append(target)
+    return kept
+
+
+# -- the app --------------------------------------------------------------------------------
+
+
+def build_app(rag_: RAG) -> gr.Blocks:
+    """The whole UI around one `RAG`. Launch it with `launch()` or `serve()`, which add the
+    theme, the CSS and the lock-down options that Gradio 6 takes at launch time."""
+    engine = Engine(rag_)
+    s = rag_.settings
+
+    def outputs(turns: list[Turn], shown: int | None, status: str, textbox: Any = None) -> tuple[Any, ...]:
+        messages, _ = chat_messages(turns)
+        return (
+            messages,
+            turns,
+            gr.skip() if textbox is None else textbox,
+            sources_html(turns, shown),
+            query_text(turns, shown),
+            status,
+            timings_line(turns),
+            shown,
+        )
+
+    def ask(
+        question: str,
+        top_k: float,
+        temperature: float,
+        max_tokens: float,
+        turns: list[Turn] | None,
+        request: gr.Request,
+    ) -> Iterator[tuple[Any, ...]]:
+        turns = list(turns or [])
+        r = engine.rag
+        question = (question or "").strip()
+        if not question:
+            yield outputs(turns, len(turns) - 1 if turns else None, "Type a question about your articles.")
+            return
+        history = [
+            m
+            for t in turns
+            if t["state"] in ("done", "stopped")
+            for m in (
+                {"role": "user", "content": t["question"]},
+                {"role": "assistant", "content": t["answer"]},
+            )
+        ]
+        waiting = r.gate.busy
+        turn: Turn = {
+            "question": question,
+            "answer": "",
+            "state": "waiting" if waiting else "searching",
+            "query": question,
+            "sources": [],
+            "found": None,
+            "timings": None,
+            "note": "",
+        }
+        turns.append(turn)
+        index = len(turns) - 1
+        session = request.session_hash or ""
+        flag = engine.stop_flag(session)
+        yield outputs(turns, index, WAITING if waiting else "", textbox="")
+        pieces: Iterator[str] | None = None
+        try:
+            stream = r.stream(
+                question,
+                history=history,
+                k=int(top_k),
+                temperature=float(temperature),
+                max_tokens=int(max_tokens),
+            )
+            turn["query"] = stream.query
+            turn["sources"] = [src.to_dict() for src in stream.sources]
+            waiting = r.gate.busy
+            turn["state"] = "waiting" if waiting else "streaming"
+            yield outputs(turns, index, WAITING if waiting else "")
+            pieces = iter(stream)
+            for piece in pieces:
+                if flag.is_set():
+                    break
+                turn["answer"] += piece
+                turn["state"] = "streaming"
+                yield outputs(turns, index, "")
+            if flag.is_set():
+                turn["state"] = "stopped"
+            else:
+                answer = stream.answer
+                assert answer is not None
+                turn.update(
+                    answer=answer.answer,
+                    found=answer.found,
+                    query=answer.query,
+                    sources=[src.to_dict() for src in answer.sources],
+                    timings=asdict(answer.timings),
+                    state="done",
+                )
+            status = "Stopped." if turn["state"] == "stopped" else ""
+        except rag.Busy:
+            turn["state"] = "busy"
+            status = BUSY
+        except rag.RagError as e:
+            turn.update(state="error", note=str(e))
+            status = f"Could not answer: {e}"
+        finally:
+            if pieces is not None:
+                # Closing the stream releases the model at once when the answer was stopped
+                # or the browser went away mid-answer.
+                close = getattr(pieces, "close", None)
+                if close is not None:
+                    close()
+            engine.forget(session, flag)
+        yield outputs(turns, index, status)
+
+    def stop(request: gr.Request) -> str:
+        return "Stopping…" if engine.stop(request.session_hash or "") else ""
+
+    def new_chat() -> tuple[Any, ...]:
+        return ([], [], sources_html([], None), "", "", "", None, ARTICLE_PLACEHOLDER)
+
+    def pick_turn(turns: list[Turn] | None, evt: gr.SelectData) -> tuple[str, str, int | None]:
+        turns = turns or []
+        _, owners = chat_messages(turns)
+        at = evt.index[0] if isinstance(evt.index, (list, tuple)) else evt.index
+        shown = owners[at] if isinstance(at, int) and 0 <= at < len(owners) else None
+        return sources_html(turns, shown), query_text(turns, shown), shown
+
+    def open_source(turns: list[Turn] | None, evt: gr.EventData) -> str:
+        turns = turns or []
+        try:
+            turn = turns[int(getattr(evt, "turn", -1))]
+            n = int(getattr(evt, "n", -1))
+        except (IndexError, TypeError, ValueError):
+            return ARTICLE_PLACEHOLDER
+        source = next((x for x in turn["sources"] if x["n"] == n), None)
+        if source is None:
+            return ARTICLE_PLACEHOLDER
+        found = engine.rag.article(source["article_id"])
+        if found is None:
+            return '<div class="rag-hint">This article is no longer in the library.</div>'
+        info, text = found
+        return article_html(info, text, source)
+
+    def library() -> tuple[str, dict[str, Any], Any]:
+        r = engine.rag
+        return library_line(r), library_table(r), gr.update(choices=library_choices(r), value=None)
+
+    def add_articles(
+        files: list[str] | None,
+        progress: gr.Progress = gr.Progress(),  # noqa: B008 - Gradio's way to ask for a progress bar
+    ) -> tuple[Any, ...]:
+        if not files:
+            return (None, "Choose one or more files to add.", *library())
+
+        def embedded(done: int, total: int) -> None:
+            progress((done, total), desc="Embedding passages", unit="passages")
+
+        progress(0, desc=f"Reading {len(files)} file{'s' if len(files) != 1 else ''}")
+        kept = keep_uploads(files, Path(engine.rag.settings.index) / "uploads")
+        try:
+            report = engine.rag.ingest([str(f) for f in kept], progress=embedded)
+        except rag.RagError as e:
+            return (None, f"✗ {e}", *library())
+        for path, _ in report.failed:
+            Path(path).unlink(missing_ok=True)
+        log.info("ingested %d uploads: %s", len(files), ingest_report(report).replace("\n\n", "; "))
+        return (None, ingest_report(report), *library())
+
+    def remove_article(article_id: str | None) -> tuple[Any, ...]:
+        if not article_id:
+            return ("Choose an article to remove.", *library())
+        r = engine.rag
+        found = r.article(article_id)
+        try:
+            missing = r.remove([article_id])
+        except rag.RagError as e:
+            return (f"✗ {e}", *library())
+        if missing:
+            return (f"✗ No article with id {article_id} in the library.", *library())
+        title = found[0].title if found else article_id
+        return (f"Removed “{title}”.", *library())
+
+    def load_model(model: str) -> tuple[str, str]:
+        model = (model or "").strip()
+        if not model:
+            return f"Model: `{engine.rag.settings.model}`", library_line(engine.rag)
+        try:
+            r = engine.load_model(model)
+        except rag.RagError as e:
+            return (
+                f"✗ {e}\n\nStill using `{engine.rag.settings.model}`.",
+                library_line(engine.rag),
+            )
+        return f"✓ Model `{r.settings.model}` loaded.", library_line(r)
+
+    with gr.Blocks(
+        title="Chat with your articles", analytics_enabled=False, delete_cache=(3600, 3600)
+    ) as demo:
+        turns = gr.State([])
+        shown = gr.State(None)
+        gr.Markdown("## Chat with your articles")
+        header = gr.Markdown(library_line(rag_))
+        with gr.Tab("Chat"), gr.Row(equal_height=False):
+            with gr.Column(scale=3, min_width=420):
+                chatbot = gr.Chatbot(
+                    label="Chat",
+                    elem_id="chat",
+                    height=460,
+                    buttons=["copy"],
+                    feedback_options=None,
+                    latex_delimiters=[],
+                    placeholder="Ask about the articles in your library. Answers cite passages as [1].",
+                )
+                with gr.Row(equal_height=True):
+                    question = gr.Textbox(
+                        show_label=False,
+                        placeholder="Ask a question about your articles…",
+                        lines=1,
+                        max_lines=4,
+                        scale=6,
+                        autofocus=True,
+                        container=False,
+                        elem_id="question",
+                    )
+                    send = gr.Button("Ask", variant="primary", scale=1, min_width=70)
+                    stop_btn = gr.Button("Stop", variant="stop", scale=1, min_width=70)
+                status = gr.Markdown("", elem_id="status")
+                timings = gr.HTML("", elem_id="timings")
+                gr.Examples(
+                    examples=[[q] for q in EXAMPLES],
+                    inputs=[question],
+                    label="Questions about the bundled sample article",
+                )
+                with gr.Row():
+                    new_chat_btn = gr.Button("New chat", size="sm")
+                with gr.Accordion("Settings", open=False):
+                    top_k = gr.Slider(1, 20, value=s.top_k, step=1, label="Passages per question")
+                    temperature = gr.Slider(
+                        0.0, 1.5, value=s.temperature, step=0.05, label="Temperature (0: deterministic)"
+                    )
+                    max_tokens = gr.Slider(
+                        16,
+                        max(16, min(1024, s.n_ctx // 2)),
+                        value=s.max_tokens,
+                        step=8,
+                        label="Longest answer (tokens)",
+                    )
+                    with gr.Row(equal_height=True):
+                        model = gr.Textbox(
+                            value=s.model,
+                            label="Model file (.gguf path or bundled alias)",
+                            scale=4,
+                        )
+                        load_btn = gr.Button("Load model", scale=1)
+                    model_status = gr.Markdown(f"Model: `{s.model}`")
+            with gr.Column(scale=2, min_width=320):
+                gr.Markdown("### Sources")
+                sources = gr.HTML(
+                    sources_html([], None), js_on_load=SOURCES_JS, elem_id="sources", padding=False
+                )
+                with gr.Accordion("Searched for", open=False):
+                    query = gr.Markdown("", elem_id="query")
+                gr.Markdown("### Article")
+                viewer = gr.HTML(ARTICLE_PLACEHOLDER, js_on_load=ARTICLE_JS, elem_id="article")
+        with gr.Tab("Library"):
+            gr.Markdown(
+                "Add articles: " + " ".join(f"`{t}`" for t in UPLOAD_TYPES) + ", several files at once. "
+                "A `.json`, `.jsonl` or `.csv` dump holds one article per record."
+            )
+            files = gr.File(
+                label="Add articles", file_count="multiple", file_types=UPLOAD_TYPES, elem_id="upload"
+            )
+            report = gr.Markdown("", elem_id="ingest-report")
+            table = gr.Dataframe(
+                value=library_table(rag_),
+                label="Articles",
+                interactive=False,
+                wrap=True,
+                column_widths=["26%", "10%", "20%", "8%", "9%", "27%"],
+                elem_id="articles",
+            )
+            gr.Markdown("Remove an article from the index (the file itself is left alone):")
+            with gr.Row(equal_height=True):
+                chosen = gr.Dropdown(
+                    choices=library_choices(rag_),
+                    value=None,
+                    show_label=False,
+                    container=False,
+                    scale=4,
+                    elem_id="remove-choice",
+                )
+                remove_btn = gr.Button("Remove", variant="stop", scale=1, min_width=100)
+            removed = gr.Markdown("")
+
+        chat_outputs = [chatbot, turns, question, sources, query, status, timings, shown]
+        asking = gr.on(
+            [question.submit, send.click],
+            ask,
+            inputs=[question, top_k, temperature, max_tokens, turns],
+            outputs=chat_outputs,
+            api_name="ask",
+            show_progress="hidden",
+            trigger_mode="once",
+            # The model's Gate is the one queue: it tells a waiting user so, and refuses when full.
+            concurrency_limit=None,
+        )
+        stop_btn.click(
+            stop, outputs=[status], api_name="stop", concurrency_limit=None, show_progress="hidden"
+        )
+        new_chat_btn.click(
+            new_chat,
+            outputs=[chatbot, turns, sources, query, status, timings, shown, viewer],
+            cancels=[asking],
+            api_name="new_chat",
+        )
+        chatbot.select(pick_turn, inputs=[turns], outputs=[sources, query, shown], api_visibility="private")
+        sources.click(open_source, inputs=[turns], outputs=[viewer], api_visibility="private")
+        library_outputs = [header, table, chosen]
+        files.upload(
+            add_articles,
+            inputs=[files],
+            outputs=[files, report, *library_outputs],
+            api_name="add_articles",
+            concurrency_id="library",
+            show_progress_on=[report],
+        )
+        remove_btn.click(
+            remove_article,
+            inputs=[chosen],
+            outputs=[removed, *library_outputs],
+            api_name="remove_article",
+            concurrency_id="library",
+        )
+        gr.on(
+            [load_btn.click, model.submit],
+            load_model,
+            inputs=[model],
+            outputs=[model_status, header],
+            api_name="load_model",
+        )
+        demo.load(library, outputs=library_outputs, api_name="library")
+    return demo
+
+
+# -- launching ------------------------------------------------------------------------------
+
+
+def launch_options(
+    settings: Settings,
+    *,
+    host: str = "127.0.0.1",
+    port: int | None = 7860,
+    auth: tuple[str, str] | None = None,
+) -> dict[str, Any]:
+    """What `Blocks.launch` needs to serve this app locked down."""
+    return {
+        "server_name": host,
+        "server_port": port,
+        "share": False,
+        "auth": auth,
+        "max_file_size": int(settings.max_file_mb * 1024 * 1024),
+        "theme": THEME,
+        "css": CSS,
+        "ssr_mode": False,
+        "pwa": False,
+        "mcp_server": False,
+        "enable_monitoring": False,
+        "run_history": False,
+        "footer_links": ["api"],
+        "inbrowser": False,
+        "show_error": False,
+        "allowed_paths": [],
+        "strict_cors": True,
+    }
+
+
+def launch(
+    rag_: RAG,
+    *,
+    host: str = "127.0.0.1",
+    port: int | None = None,
+    auth: tuple[str, str] | None = None,
+    quiet: bool = True,
+) -> tuple[gr.Blocks, str]:
+    """Start the app in the background; returns it (`.close()` stops it) and its local URL."""
+    demo = build_app(rag_)
+    demo.queue(default_concurrency_limit=1)
+    _, url, _ = demo.launch(
+        prevent_thread_lock=True,
+        quiet=quiet,
+        **launch_options(rag_.settings, host=host, port=port, auth=auth),
+    )
+    return demo, url
+
+
+def serve(
+    settings: Settings, *, host: str = "127.0.0.1", port: int = 7860, auth: tuple[str, str] | None = None
+) -> None:
+    """Load the models, then serve the UI until interrupted (`rag serve`)."""
+    r = RAG(settings)
+    # Load both models before the first visitor, so that a bad model path stops the start.
+    _ = r.embedder, r.generator
+    demo = build_app(r)
+    demo.queue(default_concurrency_limit=1)
+    log.info("serving %s on http://%s:%d", settings.index, host, port)
+    demo.launch(**launch_options(settings, host=host, port=port, auth=auth))

@@ -75,6 +75,11 @@ class RAG:
     @property
     def generator(self) -> Generator:
         with self._load_lock:
+            if self._generator is None and self.settings.backend != "llama-cpp":
+                # Another engine generates; retrieval, prompt and citations stay the same.
+                from .generation import remote_generator
+
+                self._generator = remote_generator(self.settings)
             if self._generator is None:
                 s = self.settings
                 self._generator = LlamaCppGenerator(
@@ -188,6 +193,16 @@ class RAG:
             for n, ((r, score), e) in enumerate(zip(hits, ev, strict=True), start=1)
         ]
 
+    def answer_evidence(self, query: str, answer: str, texts: Sequence[str]) -> list[tuple[str, ...]]:
+        """Evidence sentences chosen by the question and the answer together: once the
+        answer is known, the sentence that supports it beats one that merely echoes the
+        question."""
+        plain = re.sub(r"\s*\[\d+(?:\s*[,;]\s*\d+)*\]", "", answer).strip()
+        qvec, avec = self.embedder.encode([query, plain])
+        both = qvec + avec
+        both /= max(float((both**2).sum()) ** 0.5, 1e-9)
+        return evidence(self.embedder, both, texts, per_text=self.settings.evidence_sentences)
+
     def stream(
         self,
         question: str,
@@ -279,7 +294,9 @@ class AnswerStream:
         self.on_done: Callable[[Answer, str], None] | None = None
 
     def __iter__(self) -> Iterator[str]:
-        if not self.sources:
+        weak = bool(self.sources) and max(s.score for s in self.sources) < self.rag.settings.min_score
+        if not self.sources or weak:
+            # Evidence too weak to answer from: say so without spending the model's time.
             msg = EMPTY_INDEX if self.rag.snapshot() is None else P.REFUSAL
             self.text = msg
             self._finish(found=False, first_ms=0.0, prompt_tokens=0)
@@ -307,9 +324,15 @@ class AnswerStream:
         self._finish(found=not P.is_refusal(self.text), first_ms=first_ms, prompt_tokens=len(prompt.tokens))
 
     def _finish(self, *, found: bool, first_ms: float, prompt_tokens: int) -> None:
-        total_ms = (time.perf_counter() - self._t0) * 1000
         cited = set(P.citations(self.text)) if found else set()
-        sources = tuple(Source(**{**s.__dict__, "cited": s.n in cited}) for s in self.sources)
+        evidence = [s.evidence for s in self.sources]
+        if found and self.sources:
+            evidence = self.rag.answer_evidence(self.query, self.text, [s.text for s in self.sources])
+        sources = tuple(
+            Source(**{**s.__dict__, "cited": s.n in cited, "evidence": e})
+            for s, e in zip(self.sources, evidence, strict=True)
+        )
+        total_ms = (time.perf_counter() - self._t0) * 1000
         completion = self.rag.generator.count_tokens(self.text) if prompt_tokens else 0
         gen_s = (total_ms - first_ms) / 1000 if first_ms else 0.0
         self.answer = Answer(

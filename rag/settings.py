@@ -17,6 +17,12 @@ ENV_VARS: dict[str, str] = {
     "top_k": "RAG_TOP_K",
     "n_ctx": "RAG_N_CTX",
     "threads": "RAG_THREADS",
+    "backend": "RAG_BACKEND",
+    "llm_base_url": "RAG_LLM_BASE_URL",
+    "llm_model": "RAG_LLM_MODEL",
+    "llm_api_key": "RAG_LLM_API_KEY",
+    "llm_timeout": "RAG_LLM_TIMEOUT",
+    "api_key": "RAG_API_KEY",
 }
 
 
@@ -67,6 +73,17 @@ class Settings:
         max_queue: requests allowed to wait for the model before `Busy` is raised.
         evidence_sentences: evidence sentences kept per source.
         fusion: how dense and BM25 rankings combine: convex, rrf, or dense (no keywords).
+        backend: who generates: `llama-cpp` (the GGUF `model`, in process) or `openai`
+            (an OpenAI-compatible server at `llm_base_url`: llama.cpp, vLLM, Ollama, TGI).
+        llm_base_url: that server's API root, e.g. `http://127.0.0.1:8080/v1`.
+        llm_model: the model name to ask it for; empty: the first one it lists.
+        llm_api_key: the key that server wants, if any.
+        llm_timeout: seconds to wait for that server to connect and for each answer piece.
+        api_key: the key `rag serve`'s HTTP API wants as `Authorization: Bearer`; empty: none.
+        ann_threshold: vectors from which the index switches from exact search to an
+            approximate IVF index (rebuilt from the stored vectors at the commit that crosses it).
+        min_score: refuse without calling the model when no passage's cosine similarity to
+            the question reaches this (0 disables the gate).
     """
 
     index: Path = Path("index")
@@ -87,6 +104,14 @@ class Settings:
     max_queue: int = 32
     evidence_sentences: int = 2
     fusion: str = "convex"
+    backend: str = "llama-cpp"
+    llm_base_url: str = ""
+    llm_model: str = ""
+    llm_api_key: str = ""
+    llm_timeout: float = 60.0
+    api_key: str = ""
+    ann_threshold: int = 20_000
+    min_score: float = 0.0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "index", Path(self.index))

@@ -283,26 +283,66 @@ def chat(**kw: Any) -> None:
 @_settings_options(*SETTING_NAMES)
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind.")
 @click.option("--port", default=7860, show_default=True, type=int)
-@click.option("--auth", metavar="USER:PASSWORD", help="Require this login.")
+@click.option("--auth", metavar="USER:PASSWORD", help="Require this login for the chat UI.")
+@click.option(
+    "--api-key",
+    metavar="KEY",
+    help="Require `Authorization: Bearer KEY` on the API (all but /health) [env RAG_API_KEY].",
+)
+@click.option("--no-ui", is_flag=True, help="Serve the API alone, without the chat UI.")
+@click.option(
+    "--backend",
+    type=click.Choice(["llama-cpp", "openai"]),
+    help="Who generates: the GGUF in process, or an OpenAI-compatible server [env RAG_BACKEND].",
+)
+@click.option(
+    "--llm-base-url",
+    metavar="URL",
+    help="That server's API root, e.g. http://127.0.0.1:8080/v1 [env RAG_LLM_BASE_URL].",
+)
+@click.option("--llm-model", metavar="NAME", help="Model name on that server [env RAG_LLM_MODEL].")
+@click.option("--llm-api-key", metavar="KEY", help="That server's key; prefer the env var RAG_LLM_API_KEY.")
+@click.option(
+    "--llm-timeout",
+    type=float,
+    metavar="SECONDS",
+    help="Wait this long for that server [env RAG_LLM_TIMEOUT].",
+)
 @_handle_errors
-def serve(host: str, port: int, auth: str | None, **kw: Any) -> None:
-    """Start the chat UI (one process, one model) on http://HOST:PORT."""
+def serve(host: str, port: int, auth: str | None, no_ui: bool, **kw: Any) -> None:
+    """Serve the chat UI and the HTTP API (/v1, OpenAI-compatible) on http://HOST:PORT:
+    one process, one model, one queue."""
     from ui.app import serve as run_server
 
-    settings = _split(kw, *SETTING_NAMES)
+    remote = ("backend", "llm_base_url", "llm_model", "llm_api_key", "llm_timeout", "api_key")
+    settings = _split(kw, *SETTING_NAMES, *remote)
     credentials: tuple[str, str] | None = None
     if auth is not None:
+        if no_ui:
+            raise click.BadParameter("protects the chat UI; with --no-ui use --api-key", param_hint="--auth")
         user, sep, password = auth.partition(":")
         if not sep or not user or not password:
             raise click.BadParameter("must look like USER:PASSWORD", param_hint="--auth")
         credentials = (user, password)
-    if host not in ("127.0.0.1", "localhost", "::1") and credentials is None:
+    loopback = host in ("127.0.0.1", "localhost", "::1")
+    if not loopback and credentials is None and not no_ui:
         click.echo(
             f"warning: serving on {host} without --auth: anyone who can reach this address "
             "can read and change your articles",
             err=True,
         )
-    run_server(settings, host=host, port=port, auth=credentials)
+    if not settings.api_key and (not loopback or credentials is not None):
+        click.echo(
+            "warning: the API under /v1 has no key: anyone who can reach it can query your "
+            "articles; pass --api-key (or set RAG_API_KEY)",
+            err=True,
+        )
+    where = f"http://{'[' + host + ']' if ':' in host else host}:{port}"
+    click.echo(
+        ("" if no_ui else f"Chat: {where}/  ") + f"API: {where}/v1 (OpenAPI: {where}/openapi.json)",
+        err=True,
+    )
+    run_server(settings, host=host, port=port, auth=credentials, ui=not no_ui)
 
 
 @cli.command(name="eval")
@@ -373,6 +413,98 @@ def models(assemble: bool) -> None:
         except RagError as e:
             path = f"unavailable: {e}"
         click.echo(f"{alias:14} {path}\n{'':14} {spec.origin}")
+
+
+@cli.command()
+@_settings_options("embedder", "model", "top_k", "n_ctx", "threads", "max_tokens")
+@click.option("--quick", is_flag=True, help="Tiny sizes, no 1M point: under a minute (for tests).")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="Write the JSON result here.")
+@click.option(
+    "--articles",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="A JSONL dump to ingest instead of the sample copies + generated articles.",
+)
+@click.option("--chunks", type=int, help="Chunks of generated articles [default 2000; quick 100].")
+@click.option(
+    "--questions",
+    "questions_file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Questions to time, one per line (or qa.jsonl) [default: a built-in set].",
+)
+@click.option("--sizes", help="Vector counts of the scale section, e.g. 10000,100000 [default 10k,100k,1M].")
+@click.option("--repeat", type=int, default=1, show_default=True, help="Ingest / encode-alone pairs (ABBA).")
+@click.option("--batch-size", type=int, help="Texts per embedding batch [default 32].")
+@click.option("--ann-threshold", type=int, help="Vectors from which the store uses IVF [default 20000].")
+@click.option(
+    "--only",
+    type=click.Choice(["ingest", "query", "startup", "scale"]),
+    multiple=True,
+    help="Run only these sections (repeatable).",
+)
+@_handle_errors
+def bench(
+    quick: bool,
+    out: Path | None,
+    articles: Path | None,
+    chunks: int | None,
+    questions_file: Path | None,
+    sizes: str | None,
+    repeat: int,
+    batch_size: int | None,
+    ann_threshold: int | None,
+    only: tuple[str, ...],
+    **kw: Any,
+) -> None:
+    """Time ingest, answers and search at scale, each next to its raw component (encoding
+    alone, llama.cpp alone, FAISS alone) measured in the same run; print a table."""
+    from .bench import BenchOptions, format_report, run_bench
+
+    settings = _split(kw, *SETTING_NAMES).with_(batch_size=batch_size, ann_threshold=ann_threshold)
+    questions: tuple[str, ...] | None = None
+    if questions_file is not None:
+        lines = [ln.strip() for ln in questions_file.read_text(encoding="utf-8").splitlines() if ln.strip()]
+        questions = tuple(json.loads(ln)["question"] if ln.startswith("{") else ln for ln in lines)
+    try:
+        size_list = tuple(int(x.replace("_", "")) for x in sizes.split(",")) if sizes else None
+    except ValueError:
+        raise click.BadParameter(
+            f"must be integers separated by commas, got {sizes!r}", param_hint="--sizes"
+        ) from None
+    options = BenchOptions(
+        quick=quick,
+        articles=articles,
+        chunks=chunks,
+        questions=questions,
+        sizes=size_list,
+        repeat=repeat,
+        sections=only or ("ingest", "query", "startup", "scale"),
+    )
+    bars: dict[str, Any] = {}
+
+    def progress(label: str, done: int, total: int) -> None:
+        if label not in bars:
+            for old in bars.values():
+                old.__exit__(None, None, None)
+                if not sys.stderr.isatty():
+                    click.echo(err=True)
+            bars.clear()
+            bars[label] = click.progressbar(length=max(total, 1), label=label.ljust(26), file=sys.stderr)
+            bars[label].__enter__()
+        bar = bars[label]
+        bar.update(max(0, done - bar.pos))
+
+    try:
+        result = run_bench(settings, options, progress=progress)
+    finally:
+        for bar in bars.values():
+            bar.__exit__(None, None, None)
+            if not sys.stderr.isatty():
+                click.echo(err=True)
+    click.echo(format_report(result))
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(result, indent=1, ensure_ascii=False))
+        click.echo(f"JSON written to {out}")
 
 
 def main() -> None:

@@ -100,6 +100,7 @@ def ingest_articles(
                 "splitter": "sentences",
             },
             rebuild=rebuild,
+            ann_threshold=settings.ann_threshold,
         )
         pending: dict[str, tuple[Article, list[Chunk], list[str]]] = {}
         for item in articles:
@@ -155,7 +156,12 @@ def remove(article_ids: Iterable[str], *, settings: Settings) -> list[str]:
         from .store import Snapshot
 
         snap = Snapshot.open(root)
-        tx = Transaction(root, embedder=snap.embedder, chunking=snap.manifest["chunking"])
+        tx = Transaction(
+            root,
+            embedder=snap.embedder,
+            chunking=snap.manifest["chunking"],
+            ann_threshold=settings.ann_threshold,
+        )
         snap.close()
         for aid in article_ids:
             if not tx.remove(aid):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -107,9 +107,9 @@ class Settings:
     backend: str = "llama-cpp"
     llm_base_url: str = ""
     llm_model: str = ""
-    llm_api_key: str = ""
+    llm_api_key: str = field(default="", repr=False)
     llm_timeout: float = 60.0
-    api_key: str = ""
+    api_key: str = field(default="", repr=False)
     ann_threshold: int = 20_000
     min_score: float = 0.0
 

@@ -18,7 +18,9 @@ SQUAD = SHARED / "eval" / "squad-dev"
 @pytest.fixture(autouse=True)
 def isolated(tmp_path, monkeypatch):
     """No test sees the user's environment or the project's ./index."""
-    for var in ("RAG_INDEX", "RAG_MODEL", "RAG_EMBEDDER", "RAG_TOP_K", "RAG_N_CTX", "RAG_THREADS"):
+    from rag.settings import ENV_VARS
+
+    for var in ENV_VARS.values():
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("RAG_INDEX", str(tmp_path / "index"))
     return tmp_path

@@ -788,6 +788,105 @@ def launch_options(
     }
 
 
+def mount_options(
+    settings: Settings,
+    *,
+    host: str = "127.0.0.1",
+    port: int | None = 7860,
+    auth: tuple[str, str] | None = None,
+) -> dict[str, Any]:
+    """`launch_options` for `gr.mount_gradio_app`, which takes the same lock-down options
+    (theme, css, auth, max_file_size, allowed_paths, no SSR/PWA/MCP/monitoring/run
+    history...) except three it has no use for: a mounted app never opens a share link or
+    a browser, and its CORS check is always the strict one."""
+    options = launch_options(settings, host=host, port=port, auth=auth)
+    assert options.pop("share") is False and options.pop("strict_cors") is True
+    options.pop("inbrowser")
+    options["server_port"] = port or 0
+    return options
+
+
+def build_server(
+    rag_: RAG,
+    *,
+    host: str = "127.0.0.1",
+    port: int | None = 7860,
+    auth: tuple[str, str] | None = None,
+    api_key: str | None = None,
+    ui: bool = True,
+) -> tuple[Any, gr.Blocks | None]:
+    """One ASGI app for one `RAG`: the HTTP API under /v1 (and /health, /openapi.json) and,
+    unless `ui=False`, the chat at /. Both share the model and its Gate, so an answer in
+    the browser and one over the API wait for each other in the same queue."""
+    from rag.server import create_app
+
+    app = create_app(rag_, api_key=api_key)
+    if not ui:
+        return app, None
+    demo = build_app(rag_)
+    demo.queue(default_concurrency_limit=1)
+    app = gr.mount_gradio_app(
+        app, demo, path="/", **mount_options(rag_.settings, host=host, port=port, auth=auth)
+    )
+    return app, demo
+
+
+def _listen(host: str, port: int | None) -> Any:
+    """A listening socket, so that a port in use fails here, with a clear reason."""
+    import socket
+
+    try:
+        family, kind, proto, _, addr = socket.getaddrinfo(
+            host, port or 0, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+        sock = socket.socket(family, kind, proto)
+    except OSError as e:
+        raise rag.ConfigError(f"cannot listen on {host}: {e}") from None
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(addr)
+        sock.listen(128)
+    except OSError as e:
+        sock.close()
+        raise rag.ConfigError(
+            f"cannot listen on {host}:{port} ({e.strerror or e}); pick another --port or --host"
+        ) from None
+    sock.set_inheritable(True)
+    return sock
+
+
+def _url(sock: Any) -> str:
+    host, port = sock.getsockname()[:2]
+    return f"http://[{host}]:{port}/" if ":" in host else f"http://{host}:{port}/"
+
+
+def _uvicorn(app: Any) -> Any:
+    import uvicorn
+
+    # log_config=None: uvicorn logs through the process's own logging set-up (rag -v).
+    # A short graceful shutdown: open event streams of idle browser tabs never end by themselves.
+    config = uvicorn.Config(app, log_config=None, lifespan="on", timeout_graceful_shutdown=3)
+    return uvicorn.Server(config)
+
+
+class Served:
+    """A server running in a background thread; `close()` stops it and frees the port."""
+
+    def __init__(self, server: Any, thread: threading.Thread, demo: gr.Blocks | None, url: str) -> None:
+        self.server = server
+        self.thread = thread
+        self.demo = demo
+        self.url = url
+
+    def close(self, verbose: bool = False) -> None:
+        if self.demo is not None:
+            # First the UI's queue and heartbeats, so that no event stream holds the shutdown.
+            self.demo.close(verbose=False)
+        self.server.should_exit = True
+        self.thread.join(timeout=15)
+        log.log(logging.INFO if verbose else logging.DEBUG, "closed the server on %s", self.url)
+
+
 def launch(
     rag_: RAG,
     *,
@@ -795,26 +894,58 @@ def launch(
     port: int | None = None,
     auth: tuple[str, str] | None = None,
     quiet: bool = True,
-) -> tuple[gr.Blocks, str]:
-    """Start the app in the background; returns it (`.close()` stops it) and its local URL."""
-    demo = build_app(rag_)
-    demo.queue(default_concurrency_limit=1)
-    _, url, _ = demo.launch(
-        prevent_thread_lock=True,
-        quiet=quiet,
-        **launch_options(rag_.settings, host=host, port=port, auth=auth),
-    )
-    return demo, url
+    api_key: str | None = None,
+    ui: bool = True,
+) -> tuple[Served, str]:
+    """Start the app (the UI unless `ui=False`, and the API) in the background; returns the
+    server (`.close()` stops it) and its local URL. `port=None` takes a free one."""
+    import time
+
+    app, demo = build_server(rag_, host=host, port=port, auth=auth, api_key=api_key, ui=ui)
+    sock = _listen(host, port)
+    url = _url(sock)
+    server = _uvicorn(app)
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name="rag-server", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 60
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            sock.close()
+            raise rag.RagError(f"the server on {url} did not start; rerun with `rag -v` for its log")
+        time.sleep(0.02)
+    log.log(logging.DEBUG if quiet else logging.INFO, "serving on %s", url)
+    return Served(server, thread, demo, url), url
 
 
 def serve(
-    settings: Settings, *, host: str = "127.0.0.1", port: int = 7860, auth: tuple[str, str] | None = None
+    settings: Settings,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 7860,
+    auth: tuple[str, str] | None = None,
+    api_key: str | None = None,
+    ui: bool = True,
 ) -> None:
-    """Load the models, then serve the UI until interrupted (`rag serve`)."""
+    """Load the models, then serve the UI (unless `ui=False`) and the API until interrupted
+    (`rag serve`)."""
     r = RAG(settings)
     # Load both models before the first visitor, so that a bad model path stops the start.
     _ = r.embedder, r.generator
-    demo = build_app(r)
-    demo.queue(default_concurrency_limit=1)
-    log.info("serving %s on http://%s:%d", settings.index, host, port)
-    demo.launch(**launch_options(settings, host=host, port=port, auth=auth))
+    check = getattr(r.generator, "check", None)
+    problem = check() if check is not None else None
+    if problem:
+        # The engine may well come up after us: a warning, and answers fail until it does.
+        log.warning("%s", problem)
+    app, demo = build_server(r, host=host, port=port, auth=auth, api_key=api_key, ui=ui)
+    sock = _listen(host, port)
+    url = _url(sock)
+    log.info("serving %s on %s%s", settings.index, url, "" if ui else " (API only)")
+    try:
+        _uvicorn(app).run(sockets=[sock])
+    except KeyboardInterrupt:
+        # uvicorn shuts down gracefully, then re-raises the Ctrl-C: the way to stop, not an error.
+        log.info("stopped")
+    finally:
+        if demo is not None:
+            demo.close(verbose=False)
+        sock.close()

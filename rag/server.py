@@ -1,0 +1,796 @@
+"""The HTTP API: grounded answers in the OpenAI chat completions wire format, plus retrieval.
+
+`create_app(rag)` returns a FastAPI app; `rag serve` mounts the chat UI beside it, so both
+share one `RAG`: one model, one `Gate` (the lock and the bounded queue). Routes:
+
+- `POST /v1/chat/completions`: the last user message is the question, earlier user and
+  assistant messages the conversation (a follow-up is rewritten into a standalone query).
+  The reply is the cited answer; `sources` (as in `Answer.to_dict()`), `found` and `query`
+  travel as extra fields, in the final chunk when streaming. The caller's system messages
+  are ignored: the grounding prompt is this server's.
+- `GET /v1/models`, `GET /v1/models/{id}`: the one model this server answers as.
+- `POST /v1/retrieve`: passages only, with scores and evidence, for callers with their own model.
+- `GET /health`: liveness and what the index holds; never needs the key.
+
+Errors have OpenAI's shape, `{"error": {"message", "type", "param", "code"}}`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import secrets
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Any, Literal
+
+import anyio
+from fastapi import Depends, FastAPI, Request, Security
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from .errors import Busy, ModelError, QuestionError, QuestionTooLong, RagError
+from .generation import BackendError
+from .pipeline import RAG, AnswerStream
+from .types import Answer
+
+log = logging.getLogger(__name__)
+
+MODEL_ID = "rag"
+MAX_BODY_BYTES = 1 << 20
+MAX_K = 50
+ALL_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+EXAMPLE_QUESTION = "How much aluminum could Russia sell to the United States?"
+_END = object()
+
+
+# -- wire models ------------------------------------------------------------------------------
+
+
+class ErrorDetail(BaseModel):
+    message: str
+    type: str
+    param: str | None = None
+    code: str | None = None
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorDetail
+
+
+class ContentPart(BaseModel):
+    model_config = ConfigDict(extra="ignore", strict=True)
+
+    type: str
+    text: str | None = None
+
+
+class ChatMessage(BaseModel):
+    model_config = ConfigDict(extra="ignore", strict=True)
+
+    role: Literal["system", "developer", "user", "assistant", "tool", "function"]
+    content: str | list[ContentPart] | None = None
+
+    def text(self) -> str:
+        if isinstance(self.content, list):
+            return "".join(p.text or "" for p in self.content if p.type == "text")
+        return self.content or ""
+
+
+class StreamOptions(BaseModel):
+    model_config = ConfigDict(extra="ignore", strict=True)
+
+    include_usage: bool = False
+
+
+class ChatCompletionRequest(BaseModel):
+    """OpenAI's request; fields it has and this server does not use are accepted and ignored."""
+
+    # Strict: a JSON `false` is no temperature, nor `1.5` a token count.
+    model_config = ConfigDict(
+        extra="ignore",
+        strict=True,
+        json_schema_extra={
+            "examples": [
+                {"model": MODEL_ID, "messages": [{"role": "user", "content": EXAMPLE_QUESTION}]},
+                {
+                    "model": MODEL_ID,
+                    "messages": [{"role": "user", "content": EXAMPLE_QUESTION}],
+                    "stream": True,
+                    "temperature": 0,
+                    "max_tokens": 100,
+                    "k": 3,
+                },
+            ]
+        },
+    )
+
+    model: str | None = Field(None, description=f'The served model id ("{MODEL_ID}"); may be omitted.')
+    messages: list[ChatMessage] = Field(
+        min_length=1,
+        description="The conversation; the last message is the user's question.",
+    )
+    stream: bool | None = False
+    stream_options: StreamOptions | None = None
+    temperature: float | None = Field(None, ge=0, le=2)
+    max_tokens: int | None = Field(None, ge=1)
+    max_completion_tokens: int | None = Field(None, ge=1)
+    n: int | None = Field(None, ge=1, le=1, description="Only one answer per request.")
+    k: int | None = Field(None, ge=1, le=MAX_K, description="Passages to retrieve (extension).")
+
+
+class SourceOut(BaseModel):
+    """A retrieved passage, as in `Answer.to_dict()["sources"]`."""
+
+    model_config = ConfigDict(extra="allow")
+
+    n: int
+    article_id: str
+    title: str
+    url: str
+    date: str
+    text: str
+    evidence: list[str]
+    score: float
+    cited: bool
+    source: str = ""
+    author: str = ""
+    start: int = 0
+    end: int = 0
+    chunk_id: int = -1
+
+
+class AssistantMessage(BaseModel):
+    role: Literal["assistant"] = "assistant"
+    content: str
+
+
+class Choice(BaseModel):
+    index: int = 0
+    message: AssistantMessage
+    finish_reason: Literal["stop", "length"]
+
+
+class Usage(BaseModel):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+
+class ChatCompletion(BaseModel):
+    id: str
+    object: Literal["chat.completion"] = "chat.completion"
+    created: int
+    model: str
+    choices: list[Choice]
+    usage: Usage
+    sources: list[SourceOut] = Field(description="The passages behind the answer; `cited` marks those cited.")
+    found: bool = Field(description="False when the articles do not hold the answer.")
+    query: str = Field(description="What was searched: the question, or its standalone rewrite.")
+
+
+class ChunkDelta(BaseModel):
+    role: Literal["assistant"] | None = None
+    content: str | None = None
+
+
+class ChunkChoice(BaseModel):
+    index: int = 0
+    delta: ChunkDelta
+    finish_reason: Literal["stop", "length"] | None = None
+
+
+class ChatCompletionChunk(BaseModel):
+    """One server-sent event of a streamed answer; the last one with a `finish_reason` also
+    carries `sources`, `found` and `query`."""
+
+    id: str
+    object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
+    created: int
+    model: str
+    choices: list[ChunkChoice]
+    sources: list[SourceOut] | None = None
+    found: bool | None = None
+    query: str | None = None
+    usage: Usage | None = None
+
+
+# Under OpenAPI 3.1 the schema of text/event-stream describes one event: its `data` is a
+# chunk or an error as JSON, or the closing [DONE].
+SSE_EVENT_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["data"],
+    "properties": {
+        "event": {"type": "string"},
+        "data": {
+            "anyOf": [
+                {"const": "[DONE]"},
+                {
+                    "type": "string",
+                    "contentMediaType": "application/json",
+                    "contentSchema": {
+                        "anyOf": [
+                            {"$ref": "#/components/schemas/ChatCompletionChunk"},
+                            {"$ref": "#/components/schemas/ErrorResponse"},
+                        ]
+                    },
+                },
+            ]
+        },
+    },
+}
+
+
+class ModelCard(BaseModel):
+    id: str
+    object: Literal["model"] = "model"
+    created: int
+    owned_by: str
+
+
+class ModelList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[ModelCard]
+
+
+class RetrieveRequest(BaseModel):
+    model_config = ConfigDict(
+        extra="ignore", strict=True, json_schema_extra={"examples": [{"query": EXAMPLE_QUESTION, "k": 3}]}
+    )
+
+    query: str = Field(min_length=1, description="What to search the articles for.")
+    k: int | None = Field(None, ge=1, le=MAX_K, description="How many passages (default: the top_k setting).")
+
+
+class RetrieveResponse(BaseModel):
+    object: Literal["list"] = "list"
+    query: str
+    data: list[SourceOut]
+
+
+class QueueState(BaseModel):
+    busy: bool
+    waiting: int
+    max_queue: int
+
+
+class Health(BaseModel):
+    status: Literal["ok"] = "ok"
+    model: str
+    backend: str
+    articles: int
+    chunks: int
+    queue: QueueState
+
+
+# -- errors -----------------------------------------------------------------------------------
+
+
+class ApiError(Exception):
+    """An error answered in OpenAI's shape."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        type: str = "invalid_request_error",
+        code: str | None = None,
+        param: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.detail = ErrorDetail(message=message, type=type, param=param, code=code)
+        self.headers = headers
+
+    def response(self) -> JSONResponse:
+        return JSONResponse(
+            ErrorResponse(error=self.detail).model_dump(), status_code=self.status, headers=self.headers
+        )
+
+
+def from_rag_error(e: RagError) -> ApiError:
+    """The HTTP face of each library error."""
+    if isinstance(e, QuestionTooLong):
+        return ApiError(400, str(e), code="question_too_long", param="messages")
+    if isinstance(e, QuestionError):
+        return ApiError(400, str(e), code="invalid_question", param="messages")
+    if isinstance(e, Busy):
+        # Retry-After: an answer takes seconds; the queue frees up about that fast.
+        return ApiError(429, str(e), type="rate_limit_error", code="busy", headers={"Retry-After": "2"})
+    if isinstance(e, BackendError):
+        status, code = (504, "backend_timeout") if e.timed_out else (502, "backend_unavailable")
+        return ApiError(status, str(e), type="server_error", code=code)
+    if isinstance(e, ModelError):
+        return ApiError(503, str(e), type="server_error", code="model_unavailable")
+    return ApiError(500, str(e), type="server_error", code=type(e).__name__)
+
+
+def _validation_error(exc: RequestValidationError) -> ApiError:
+    errors = exc.errors()
+    if any(err.get("type") == "json_invalid" for err in errors):
+        first = next(err for err in errors if err.get("type") == "json_invalid")
+        return ApiError(
+            400,
+            f"the body is not valid JSON: {first.get('ctx', {}).get('error', first['msg'])}",
+            code="invalid_json",
+        )
+    first = errors[0] if errors else {"loc": (), "msg": "invalid request"}
+    if tuple(first.get("loc", ())) == ("body",):
+        # FastAPI reads a body sent without a JSON content type as raw bytes.
+        return ApiError(
+            400,
+            "the body must be a JSON object, sent with Content-Type: application/json",
+            code="invalid_json",
+        )
+    loc = [str(p) for p in first.get("loc", ()) if p != "body"]
+    where = ".".join(loc)
+    message = f"{where}: {first['msg']}" if where else str(first["msg"])
+    if len(errors) > 1:
+        message += f" (and {len(errors) - 1} more problem{'s' if len(errors) > 2 else ''})"
+    missing = first.get("type") == "missing"
+    return ApiError(400, message, code="missing_field" if missing else "invalid_value", param=where or None)
+
+
+_HTTP_CODES = {404: ("not_found_error", "not_found"), 405: ("invalid_request_error", "method_not_allowed")}
+
+
+class BodyLimit:
+    """Refuses request bodies over `limit` bytes under `prefix` with 413, before any handler
+    reads them; the UI's uploads elsewhere keep their own, larger limit."""
+
+    def __init__(self, app: ASGIApp, *, limit: int, prefix: str = "/v1") -> None:
+        self.app = app
+        self.limit = limit
+        self.prefix = prefix
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not scope["path"].startswith(self.prefix):
+            await self.app(scope, receive, send)
+            return
+        too_large = ApiError(
+            413,
+            f"the request body is over the limit of {self.limit} bytes",
+            code="request_too_large",
+        )
+        for name, value in scope.get("headers", ()):
+            if name == b"content-length":
+                try:
+                    declared = int(value)
+                except ValueError:
+                    await ApiError(400, "bad Content-Length header", code="invalid_request").response()(
+                        scope, receive, send
+                    )
+                    return
+                if declared > self.limit:
+                    await too_large.response()(scope, receive, send)
+                    return
+        # Chunked bodies declare no length: read up to the limit, then replay what was read.
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                await self.app(scope, _replay([message], receive), send)
+                return
+            body = message.get("body", b"")
+            size += len(body)
+            if size > self.limit:
+                await too_large.response()(scope, receive, send)
+                return
+            chunks.append(body)
+            if not message.get("more_body", False):
+                break
+        whole: Message = {"type": "http.request", "body": b"".join(chunks), "more_body": False}
+        await self.app(scope, _replay([whole], receive), send)
+
+
+def _replay(messages: list[Message], receive: Receive) -> Receive:
+    pending = list(messages)
+
+    async def replayed() -> Message:
+        if pending:
+            return pending.pop(0)
+        return await receive()
+
+    return replayed
+
+
+# -- the app ----------------------------------------------------------------------------------
+
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    400: {"model": ErrorResponse, "description": "Invalid request: bad JSON, missing or invalid fields"},
+    401: {"model": ErrorResponse, "description": "Missing or wrong API key"},
+    413: {"model": ErrorResponse, "description": "Request body too large"},
+    500: {"model": ErrorResponse, "description": "Server error"},
+}
+MODEL_RESPONSES: dict[int | str, dict[str, Any]] = {
+    404: {"model": ErrorResponse, "description": "Unknown model"},
+    429: {"model": ErrorResponse, "description": "The model's queue is full; retry after Retry-After s"},
+    502: {"model": ErrorResponse, "description": "The generation server failed or is unreachable"},
+    503: {"model": ErrorResponse, "description": "The model cannot be loaded"},
+    504: {"model": ErrorResponse, "description": "The generation server did not answer in time"},
+}
+
+STREAM_DOC = (
+    "With `stream: true`, server-sent events: `data: {chat.completion.chunk}` lines, the first "
+    "with `delta.role`, then `delta.content` pieces; the last chunk has `finish_reason` and the "
+    "extra fields `sources`, `found` and `query`; then `data: [DONE]`. An error after the first "
+    'event arrives as `data: {"error": {...}}`.'
+)
+
+
+def create_app(
+    source: RAG | Callable[[], RAG],
+    *,
+    api_key: str | None = None,
+    model_id: str = MODEL_ID,
+    max_body_bytes: int = MAX_BODY_BYTES,
+) -> FastAPI:
+    """The API over `source`: a `RAG`, or a function returning the current one (a UI that can
+    swap models hands its own). `api_key` defaults to the `api_key` setting; empty: no key."""
+    if isinstance(source, RAG):
+        fixed = source
+
+        def current() -> RAG:
+            return fixed
+
+    else:
+        current = source
+    key = current().settings.api_key if api_key is None else api_key
+    started = int(time.time())
+
+    app = FastAPI(
+        title="rag-articles API",
+        summary="Cited answers from your articles, in the OpenAI chat completions format.",
+        version="1",
+        # Swagger UI and ReDoc load their scripts from a CDN: only the document is served.
+        docs_url=None,
+        redoc_url=None,
+    )
+    app.add_middleware(BodyLimit, limit=max_body_bytes)
+
+    bearer = HTTPBearer(auto_error=False, description="The key given to `rag serve --api-key`.")
+
+    def require_key(credentials: HTTPAuthorizationCredentials | None = Security(bearer)) -> None:  # noqa: B008
+        if credentials is None:
+            raise ApiError(
+                401,
+                "this server needs an API key: send `Authorization: Bearer KEY`",
+                type="authentication_error",
+                code="missing_api_key",
+                headers={"WWW-Authenticate": "Bearer"},
+            )
+        if not secrets.compare_digest(credentials.credentials.encode(), key.encode()):
+            raise ApiError(
+                401,
+                "the API key is not the one this server was started with",
+                type="authentication_error",
+                code="invalid_api_key",
+                headers={"WWW-Authenticate": "Bearer"},
+            )
+
+    # Only a server with a key declares it, so the document says what the server does.
+    guarded = [Depends(require_key)] if key else []
+
+    @app.exception_handler(ApiError)
+    async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
+        return exc.response()
+
+    @app.exception_handler(RagError)
+    async def _rag_error(request: Request, exc: RagError) -> JSONResponse:
+        error = from_rag_error(exc)
+        if error.status >= 500:
+            log.warning("%s %s: %s", request.method, request.url.path, exc)
+        return error.response()
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        return _validation_error(exc).response()
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        type_, code = _HTTP_CODES.get(exc.status_code, ("invalid_request_error", None))
+        headers = dict(exc.headers or {})
+        return ApiError(exc.status_code, str(exc.detail), type=type_, code=code, headers=headers).response()
+
+    def check_model(name: str | None) -> None:
+        if name and name != model_id:
+            raise ApiError(
+                404,
+                f"the model {name!r} does not exist here; this server answers as {model_id!r} "
+                "(see GET /v1/models)",
+                type="not_found_error",
+                code="model_not_found",
+                param="model",
+            )
+
+    @app.get("/health", response_model=Health, tags=["service"], responses={503: {"model": ErrorResponse}})
+    def health() -> Health:
+        r = current()
+        try:
+            stats = r.stats()
+        except RagError as e:
+            raise ApiError(503, str(e), type="server_error", code="index_unavailable") from None
+        return Health(
+            model=model_id,
+            backend=r.settings.backend,
+            articles=int(stats.get("articles", 0)),
+            chunks=int(stats.get("chunks", 0)),
+            queue=QueueState(busy=r.gate.busy, waiting=r.gate.waiting, max_queue=r.gate.max_queue),
+        )
+
+    def card() -> ModelCard:
+        return ModelCard(id=model_id, created=started, owned_by="rag-articles")
+
+    @app.get(
+        "/v1/models",
+        response_model=ModelList,
+        dependencies=guarded,
+        tags=["openai"],
+        responses=ERROR_RESPONSES,
+    )
+    def list_models() -> ModelList:
+        return ModelList(data=[card()])
+
+    @app.get(
+        "/v1/models/{model}",
+        response_model=ModelCard,
+        dependencies=guarded,
+        tags=["openai"],
+        responses={**ERROR_RESPONSES, 404: MODEL_RESPONSES[404]},
+    )
+    def get_model(model: str) -> ModelCard:
+        check_model(model)
+        return card()
+
+    @app.post(
+        "/v1/retrieve",
+        response_model=RetrieveResponse,
+        dependencies=guarded,
+        tags=["rag"],
+        responses=ERROR_RESPONSES,
+    )
+    def retrieve(body: RetrieveRequest) -> RetrieveResponse:
+        """The passages a question would be answered from, with scores, evidence and metadata."""
+        r = current()
+        query = r.check_question(body.query)
+        sources = r.retrieve(query, k=body.k)
+        return RetrieveResponse(query=query, data=[SourceOut(**s.to_dict()) for s in sources])
+
+    @app.post(
+        "/v1/chat/completions",
+        response_model=ChatCompletion,
+        dependencies=guarded,
+        tags=["openai"],
+        responses={
+            **ERROR_RESPONSES,
+            **MODEL_RESPONSES,
+            200: {
+                "description": "The answer (JSON), or with `stream: true` its pieces as server-sent events. "
+                + STREAM_DOC,
+                "content": {"text/event-stream": {"schema": SSE_EVENT_SCHEMA}},
+            },
+        },
+    )
+    async def chat_completions(body: ChatCompletionRequest, request: Request) -> Any:
+        """A cited answer from the articles to the last user message."""
+        r = current()
+        check_model(body.model)
+        question, history = split_messages(body.messages)
+        max_tokens = body.max_completion_tokens or body.max_tokens
+        limit = r.settings.n_ctx // 2
+        if max_tokens is not None and max_tokens > limit:
+            raise ApiError(
+                400,
+                f"max_tokens is {max_tokens}, over this server's limit of {limit} (half of n_ctx)",
+                code="invalid_value",
+                param="max_tokens",
+            )
+        stream: AnswerStream = await run_in_threadpool(
+            lambda: r.stream(
+                question, history=history, k=body.k, temperature=body.temperature, max_tokens=max_tokens
+            )
+        )
+        pieces = iter(stream)
+        try:
+            # The first piece comes after the Gate lets this request through: a full queue
+            # is still a proper 429, not an error inside a 200 stream.
+            first = await _next(pieces)
+        except BaseException:
+            await _close(pieces)
+            raise
+        reply = Reply(model_id, max_tokens or r.settings.max_tokens)
+        if body.stream:
+            usage = bool(body.stream_options and body.stream_options.include_usage)
+            return StreamingResponse(
+                reply.events(stream, pieces, first, usage=usage),
+                media_type="text/event-stream",
+                headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+            )
+        try:
+            piece = first
+            while piece is not _END:
+                if await request.is_disconnected():
+                    log.info("client left; stopping its answer")
+                    return JSONResponse({}, status_code=499)
+                piece = await _next(pieces)
+        finally:
+            await _close(pieces)
+        assert stream.answer is not None
+        return reply.completion(stream.answer)
+
+    @app.api_route("/v1/{rest:path}", methods=list(ALL_METHODS), include_in_schema=False)
+    async def unknown(rest: str, request: Request) -> None:
+        # Without this, whatever /v1 does not route falls through to the UI mounted at /,
+        # and a CORS preflight to the API would be answered by Gradio's CORS rules.
+        for route in app.router.routes:
+            if route is not unknown_route and route.matches(request.scope)[0] == Match.PARTIAL:
+                raise ApiError(
+                    405,
+                    f"{request.method} is not allowed on {request.url.path}",
+                    code="method_not_allowed",
+                    headers={"Allow": ", ".join(sorted(getattr(route, "methods", ()) or ()))},
+                )
+        raise ApiError(
+            404,
+            f"there is no {request.url.path} here; see /openapi.json",
+            type="not_found_error",
+            code="not_found",
+        )
+
+    unknown_route = app.router.routes[-1]
+    _custom_openapi(app)
+    return app
+
+
+def split_messages(messages: list[ChatMessage]) -> tuple[str, list[dict[str, str]]]:
+    """The question (the last message, a user's) and the user/assistant turns before it."""
+    last = messages[-1]
+    if last.role != "user":
+        raise ApiError(
+            400,
+            f"the last message must be the user's question, not a {last.role!r} message",
+            code="invalid_value",
+            param="messages",
+        )
+    history = [
+        {"role": m.role, "content": m.text()}
+        for m in messages[:-1]
+        if m.role in ("user", "assistant") and m.text().strip()
+    ]
+    return last.text(), history
+
+
+async def _next(pieces: Iterator[str]) -> Any:
+    return await run_in_threadpool(next, pieces, _END)
+
+
+async def _close(pieces: Iterator[str]) -> None:
+    # Closing the generator leaves the Gate at once; shielded, as this runs on cancellation too.
+    close = getattr(pieces, "close", None)
+    if close is not None:
+        with anyio.CancelScope(shield=True):
+            await run_in_threadpool(close)
+
+
+class Reply:
+    """Builds the wire objects of one answer."""
+
+    def __init__(self, model: str, max_tokens: int) -> None:
+        self.id = f"chatcmpl-{uuid.uuid4().hex}"
+        self.created = int(time.time())
+        self.model = model
+        self.max_tokens = max_tokens
+
+    def _finish_reason(self, answer: Answer) -> Literal["stop", "length"]:
+        return "length" if answer.timings.completion_tokens >= self.max_tokens else "stop"
+
+    def _usage(self, answer: Answer) -> Usage:
+        t = answer.timings
+        return Usage(
+            prompt_tokens=t.prompt_tokens,
+            completion_tokens=t.completion_tokens,
+            total_tokens=t.prompt_tokens + t.completion_tokens,
+        )
+
+    def completion(self, answer: Answer) -> ChatCompletion:
+        d = answer.to_dict()
+        return ChatCompletion(
+            id=self.id,
+            created=self.created,
+            model=self.model,
+            choices=[
+                Choice(
+                    message=AssistantMessage(content=answer.answer), finish_reason=self._finish_reason(answer)
+                )
+            ],
+            usage=self._usage(answer),
+            sources=[SourceOut(**s) for s in d["sources"]],
+            found=answer.found,
+            query=answer.query,
+        )
+
+    def _chunk(self, delta: dict[str, Any], finish: str | None = None, **extra: Any) -> str:
+        chunk = {
+            "id": self.id,
+            "object": "chat.completion.chunk",
+            "created": self.created,
+            "model": self.model,
+            "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+            **extra,
+        }
+        return f"data: {json.dumps(chunk, ensure_ascii=False)}\n\n"
+
+    async def events(
+        self, stream: AnswerStream, pieces: Iterator[str], first: Any, *, usage: bool
+    ) -> AsyncIterator[str]:
+        try:
+            yield self._chunk({"role": "assistant", "content": ""})
+            piece = first
+            while piece is not _END:
+                yield self._chunk({"content": piece})
+                piece = await _next(pieces)
+            answer = stream.answer
+            assert answer is not None
+            d = answer.to_dict()
+            yield self._chunk(
+                {},
+                self._finish_reason(answer),
+                sources=d["sources"],
+                found=answer.found,
+                query=answer.query,
+            )
+            if usage:
+                tail = {
+                    "id": self.id,
+                    "object": "chat.completion.chunk",
+                    "created": self.created,
+                    "model": self.model,
+                    "choices": [],
+                    "usage": self._usage(answer).model_dump(),
+                }
+                yield f"data: {json.dumps(tail)}\n\n"
+            yield "data: [DONE]\n\n"
+        except RagError as e:
+            # The status line is long gone: the error travels as an event, which the
+            # openai client raises as an APIError.
+            log.warning("answer failed mid-stream: %s", e)
+            error = from_rag_error(e)
+            yield f"data: {json.dumps({'error': error.detail.model_dump()})}\n\n"
+        finally:
+            await _close(pieces)
+
+
+def _custom_openapi(app: FastAPI) -> None:
+    """Validation errors are answered 400 in OpenAI's shape, not FastAPI's 422: say so. And
+    document the streamed chunk, which no route returns as JSON."""
+    original = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is not None:
+            return app.openapi_schema
+        schema = original()
+        for path in schema.get("paths", {}).values():
+            for operation in path.values():
+                if isinstance(operation, dict):
+                    operation.get("responses", {}).pop("422", None)
+        schemas = schema.setdefault("components", {}).setdefault("schemas", {})
+        for name in ("HTTPValidationError", "ValidationError"):
+            schemas.pop(name, None)
+        chunk = ChatCompletionChunk.model_json_schema(ref_template="#/components/schemas/{model}")
+        for name, definition in chunk.pop("$defs", {}).items():
+            schemas.setdefault(name, definition)
+        schemas["ChatCompletionChunk"] = chunk
+        app.openapi_schema = schema
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]

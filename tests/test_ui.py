@@ -305,3 +305,42 @@ def test_model_file_can_be_switched(tmp_path, real_embedder, real_generator):
         demo.close(verbose=False)
     assert status == f"✓ Model `{small}` loaded."
     assert header == EMPTY_LIBRARY
+
+
+def _remote_peers() -> set[str]:
+    """Remote addresses of this process's TCP connections (the server runs in it) that are
+    not loopback. Other processes on the machine (pip, the CI runner) are not counted."""
+    import os
+
+    mine = set()
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            mine.add(target[8:-1])
+    peers: set[str] = set()
+    for name in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(name) as f:
+                lines = f.read().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            remote, state, inode = fields[2], fields[3], fields[9]
+            addr = remote.split(":")[0]
+            if inode not in mine or state == "0A" or set(addr) == {"0"}:
+                continue
+            ipv4 = addr[-8:] if len(addr) == 32 else addr
+            if not (ipv4.endswith("7F") or addr == "0" * 24 + "01000000"):
+                peers.add(remote)
+    return peers
+
+
+def test_serving_a_chat_opens_no_connection_outside_loopback(client):
+    before = _remote_peers()
+    job = ask(client, "How much aluminum could Russia sell to the United States?")
+    job.result()
+    assert _remote_peers() - before == set()

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .bench import percentile
 from .errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -93,16 +94,6 @@ def load_questions(path: str | Path, *, limit: int | None = None, seed: int = 0)
     return out
 
 
-def _percentile(values: Sequence[float], q: float) -> float:
-    if not values:
-        return 0.0
-    v = sorted(values)
-    pos = (len(v) - 1) * q
-    lo = int(pos)
-    hi = min(lo + 1, len(v) - 1)
-    return v[lo] + (v[hi] - v[lo]) * (pos - lo)
-
-
 def evaluate(
     rag: Any,
     questions: Sequence[Question],
@@ -163,8 +154,8 @@ def evaluate(
         "f1": ratio(f1s, answerable) if generated else None,
         "refusal_accuracy": ratio(refused_right, unanswerable) if generated else None,
         "false_refusal_rate": ratio(refused_wrong, answerable) if generated else None,
-        "p50_s": round(_percentile(seconds, 0.5), 3),
-        "p95_s": round(_percentile(seconds, 0.95), 3),
+        "p50_s": round(percentile(seconds, 0.5), 3),
+        "p95_s": round(percentile(seconds, 0.95), 3),
         "tokens_per_s": round(sum(tps) / len(tps), 1) if tps else None,
     }
     return {

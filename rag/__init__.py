@@ -12,6 +12,7 @@ from .errors import (
     Busy,
     ConfigError,
     EmbedderMismatch,
+    FilterError,
     IndexCorrupt,
     IndexLocked,
     IndexNotFound,
@@ -21,6 +22,7 @@ from .errors import (
     QuestionTooLong,
     RagError,
 )
+from .filters import Filters
 from .settings import Settings
 from .types import Answer, Article, ArticleInfo, Chunk, IngestReport, Source, Timings
 
@@ -35,6 +37,8 @@ __all__ = [
     "Chunk",
     "ConfigError",
     "EmbedderMismatch",
+    "FilterError",
+    "Filters",
     "Gate",
     "IndexCorrupt",
     "IndexLocked",

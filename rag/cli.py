@@ -41,6 +41,15 @@ def _settings_options(*names: str) -> Callable[[F], F]:
         ),
         "max_tokens": click.option("--max-tokens", type=int, help="Answer length budget in tokens."),
         "max_file_mb": click.option("--max-file-mb", type=float, help="Refuse inputs larger than this."),
+        "min_score": click.option(
+            "--min-score",
+            type=float,
+            help="Refuse when no passage's cosine reaches this [env RAG_MIN_SCORE].",
+        ),
+        "mmr": click.option("--mmr", type=float, help="MMR weight for diverse passages (1: off)."),
+        "reranker": click.option(
+            "--reranker", help="CrossEncoder name or path re-ranking the passages [env RAG_RERANKER]."
+        ),
     }
 
     def deco(fn: F) -> F:
@@ -49,6 +58,43 @@ def _settings_options(*names: str) -> Callable[[F], F]:
         return fn
 
     return deco
+
+
+def _filter_options(fn: F) -> F:
+    """--source/--author/--since/--until/--id: which articles may answer."""
+    for option in reversed(
+        (
+            click.option(
+                "--source", "f_source", multiple=True, help="Only articles from this source (repeatable)."
+            ),
+            click.option(
+                "--author", "f_author", multiple=True, help="Only articles whose byline has this name."
+            ),
+            click.option(
+                "--since", "f_since", metavar="DATE", help="Only articles dated on or after (YYYY-MM-DD)."
+            ),
+            click.option(
+                "--until", "f_until", metavar="DATE", help="Only articles dated on or before (YYYY-MM-DD)."
+            ),
+            click.option(
+                "--id", "f_ids", multiple=True, metavar="ID", help="Only this article (repeatable)."
+            ),
+        )
+    ):
+        fn = option(fn)
+    return fn
+
+
+def _filters(kw: dict[str, Any]) -> Any:
+    from .filters import Filters
+
+    return Filters(
+        source=kw.pop("f_source"),
+        author=kw.pop("f_author"),
+        since=kw.pop("f_since") or "",
+        until=kw.pop("f_until") or "",
+        ids=kw.pop("f_ids"),
+    )
 
 
 def _handle_errors(fn: F) -> F:
@@ -76,6 +122,9 @@ SETTING_NAMES = (
     "n_gpu_layers",
     "temperature",
     "max_tokens",
+    "min_score",
+    "mmr",
+    "reranker",
     "max_file_mb",
 )
 
@@ -224,15 +273,17 @@ def _print_sources(answer: Any) -> None:
 @cli.command()
 @click.argument("question")
 @_settings_options(*SETTING_NAMES[:-1])
+@_filter_options
 @click.option("--json", "as_json", is_flag=True, help="Print Answer.to_dict() as one JSON object.")
 @_handle_errors
 def ask(question: str, as_json: bool, **kw: Any) -> None:
     """Answer QUESTION from the articles, streaming, then list the sources."""
     from .pipeline import RAG
 
+    filters = _filters(kw)
     settings = _split(kw, *SETTING_NAMES)
     rag = RAG(settings)
-    stream = rag.stream(question)
+    stream = rag.stream(question, filters=filters)
     for piece in stream:
         if not as_json:
             click.echo(piece, nl=False)
@@ -249,12 +300,14 @@ def ask(question: str, as_json: bool, **kw: Any) -> None:
 
 @cli.command()
 @_settings_options(*SETTING_NAMES[:-1])
+@_filter_options
 @_handle_errors
 def chat(**kw: Any) -> None:
     """A conversation in the terminal; follow-ups use the earlier turns. Ctrl-D ends it."""
     from .errors import QuestionError
     from .pipeline import RAG
 
+    filters = _filters(kw)
     settings = _split(kw, *SETTING_NAMES)
     session = RAG(settings).chat()
     click.echo("Ask about your articles. Ctrl-D or an empty line + 'exit' ends the chat.")
@@ -267,7 +320,7 @@ def chat(**kw: Any) -> None:
         if question.strip().lower() in ("exit", "quit"):
             return
         try:
-            stream = session.stream(question)
+            stream = session.stream(question, filters=filters)
         except QuestionError as e:
             click.echo(f"error: {e}", err=True)
             continue
@@ -348,12 +401,28 @@ def serve(host: str, port: int, auth: str | None, no_ui: bool, **kw: Any) -> Non
 @cli.command(name="eval")
 @click.option("--articles", type=click.Path(exists=True, dir_okay=False, path_type=Path), required=True)
 @click.option("--qa", type=click.Path(exists=True, dir_okay=False, path_type=Path), required=True)
-@_settings_options("index", "embedder", "model", "n_ctx", "threads", "temperature", "max_tokens")
+@_settings_options(
+    "index",
+    "embedder",
+    "model",
+    "n_ctx",
+    "threads",
+    "temperature",
+    "max_tokens",
+    "min_score",
+    "mmr",
+    "reranker",
+)
 @click.option("-k", "k", type=int, default=5, show_default=True, help="Passages per question.")
 @click.option("--limit", type=int, help="Evaluate a random sample of N questions.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of that sample.")
 @click.option("--retrieval-only", is_flag=True, help="Skip generation: recall and MRR in seconds.")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="Write the JSON report here.")
+@click.option(
+    "--gate-plot",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Plot what min_score thresholds would refuse (needs matplotlib).",
+)
 @_handle_errors
 def eval_(
     articles: Path,
@@ -363,10 +432,11 @@ def eval_(
     seed: int,
     retrieval_only: bool,
     out: Path | None,
+    gate_plot: Path | None,
     **kw: Any,
 ) -> None:
     """Score answers on a question set (articles.jsonl + qa.jsonl, see shared/README.md)."""
-    from .evaluate import evaluate, load_questions
+    from .evaluate import GATE_THRESHOLDS, evaluate, gate_tradeoff, load_questions, plot_tradeoff
     from .pipeline import RAG
 
     if kw.get("index") is None:
@@ -394,6 +464,16 @@ def eval_(
     )
     for key, value in result["metrics"].items():
         click.echo(f"{key:20} {'-' if value is None else value}")
+    if result["settings"]["unanswerable"] and result["settings"]["answerable"]:
+        rows = gate_tradeoff(result["records"], GATE_THRESHOLDS)
+        result["gate"] = rows
+        click.echo("\nmin_score gate  refusal_accuracy  false_refusal_rate")
+        for row in rows:
+            t, right, wrong = row["min_score"], row["refusal_accuracy"], row["false_refusal_rate"]
+            click.echo(f"{t:14.2f}  {right:16.3f}  {wrong:18.3f}")
+        if gate_plot is not None:
+            plot_tradeoff({qa.parent.name: rows}, gate_plot)
+            click.echo(f"plot written to {gate_plot}")
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(result, indent=1, ensure_ascii=False))

@@ -130,3 +130,22 @@ class Embedder:
 
     def encode_query(self, text: str) -> np.ndarray:
         return self.encode([text])[0]
+
+
+def load_cross_encoder(name: str) -> Any:
+    """A sentence-transformers `CrossEncoder` by name or path, offline, on the CPU."""
+    offline()
+    p = Path(name).expanduser()
+    target = str(p.resolve()) if p.exists() else name
+    try:
+        import transformers.utils.logging as hf_logging
+        from sentence_transformers import CrossEncoder
+
+        hf_logging.disable_progress_bar()
+        return CrossEncoder(target, device="cpu")
+    except (OSError, ValueError) as e:
+        raise ModelError(
+            f"cannot load re-ranker {name!r} ({type(e).__name__}: {str(e).splitlines()[0]}); "
+            "give a local sentence-transformers CrossEncoder folder, or a name already in the "
+            "Hugging Face cache (nothing is downloaded), or leave the reranker setting empty"
+        ) from None

@@ -60,5 +60,9 @@ class QuestionTooLong(QuestionError):
         )
 
 
+class FilterError(QuestionError):
+    """A metadata filter has a value that cannot be used (a date that is not a date...)."""
+
+
 class Busy(RagError):
     """Too many requests are already waiting for the model."""

@@ -31,6 +31,10 @@ METRIC_KEYS = (
     "tokens_per_s",
 )
 
+# min_score values a trade-off table shows: cosine similarities of MiniLM, where related
+# passages score about 0.3 to 0.7.
+GATE_THRESHOLDS = tuple(round(0.05 * i, 2) for i in range(0, 17))
+
 _PUNCT = set(string.punctuation) | {"“", "”", "‘", "’", "–", "—"}
 
 
@@ -137,7 +141,12 @@ def evaluate(
             unanswerable += 1
             refused_right += not found
         record.update(
-            id=q.id, question=q.question, gold=list(q.answers), answerable=q.answerable, retrieved_rank=rank
+            id=q.id,
+            question=q.question,
+            gold=list(q.answers),
+            answerable=q.answerable,
+            retrieved_rank=rank,
+            top_score=max((s.score for s in sources), default=0.0),
         )
         records.append(record)
         if progress:
@@ -169,3 +178,65 @@ def evaluate(
         },
         "records": records,
     }
+
+
+def gate_tradeoff(records: Sequence[dict[str, Any]], thresholds: Sequence[float]) -> list[dict[str, float]]:
+    """What a `min_score` gate would do to these records: for each threshold, the share of
+    unanswerable questions refused and of answerable ones refused by mistake. A record
+    already refused by the model stays refused; retrieval-only records count as answered."""
+    rows = []
+    for t in thresholds:
+        right = wrong = n_un = n_ans = 0
+        for r in records:
+            refused = r["top_score"] < t or r.get("found") is False
+            if r["answerable"]:
+                n_ans += 1
+                wrong += refused
+            else:
+                n_un += 1
+                right += refused
+        rows.append(
+            {
+                "min_score": round(float(t), 3),
+                "refusal_accuracy": round(right / n_un, 4) if n_un else float("nan"),
+                "false_refusal_rate": round(wrong / n_ans, 4) if n_ans else float("nan"),
+            }
+        )
+    return rows
+
+
+def choose_threshold(rows: Sequence[dict[str, float]], *, max_false: float = 0.2) -> dict[str, float]:
+    """The row refusing the most unanswerable questions with false refusals <= `max_false`."""
+    ok = [r for r in rows if r["false_refusal_rate"] <= max_false]
+    return max(ok, key=lambda r: (r["refusal_accuracy"], -r["min_score"])) if ok else rows[0]
+
+
+def plot_tradeoff(series: dict[str, Sequence[dict[str, float]]], path: str | Path) -> None:
+    """Refusal accuracy against false refusals, one line per set of records (matplotlib)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise ConfigError("plotting needs matplotlib: pip install matplotlib") from None
+    fig, ax = plt.subplots(figsize=(4.8, 3.6), dpi=100)
+    for label, rows in series.items():
+        ax.plot(
+            [r["false_refusal_rate"] for r in rows],
+            [r["refusal_accuracy"] for r in rows],
+            marker=".",
+            label=label,
+        )
+    ax.plot([0, 1], [0, 1], color="grey", linestyle=":", linewidth=1, label="chance")
+    ax.axvline(0.2, color="tab:red", linestyle="--", linewidth=1)
+    ax.axhline(0.6, color="tab:red", linestyle="--", linewidth=1)
+    ax.set_xlabel("false refusals (answerable questions refused)")
+    ax.set_ylabel("refusal accuracy (unanswerable refused)")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.legend(loc="lower right", fontsize=8)
+    ax.set_title("min_score gate: top passage cosine", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)

@@ -12,13 +12,14 @@ from pathlib import Path
 from typing import Any
 
 from . import prompt as P
-from .embedding import Embedder, Progress
+from .embedding import Embedder, Progress, load_cross_encoder
 from .errors import IndexNotFound, QuestionError, QuestionTooLong
+from .filters import Filters
 from .generation import Gate, Generator, LlamaCppGenerator, Message
 from .ingest import ingest as _ingest
 from .ingest import remove as _remove
 from .models import resolve_model
-from .retrieval import evidence, search
+from .retrieval import evidence, rerank, search
 from .settings import Settings
 from .store import CURRENT, Snapshot
 from .types import Answer, ArticleInfo, IngestReport, Source, Timings
@@ -26,6 +27,7 @@ from .types import Answer, ArticleInfo, IngestReport, Source, Timings
 log = logging.getLogger(__name__)
 
 EMPTY_INDEX = "The index holds no articles yet. Add some with `rag ingest PATH...` or the Library tab."
+NO_MATCH = "No article matches the filters ({}); widen or clear them."
 
 _CONTROL_CHARS = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
 
@@ -58,6 +60,7 @@ class RAG:
         self.settings = base.with_(**overrides)
         self._embedder = embedder
         self._generator = generator
+        self._cross_encoder: Any = None
         self.gate = gate or Gate(self.settings.max_queue)
         self._snapshot: Snapshot | None = None
         self._pointer: str | None = None
@@ -90,6 +93,14 @@ class RAG:
                     seed=s.seed,
                 )
             return self._generator
+
+    @property
+    def cross_encoder(self) -> Any:
+        """The re-ranker of the `reranker` setting (None when it is empty)."""
+        with self._load_lock:
+            if self._cross_encoder is None and self.settings.reranker:
+                self._cross_encoder = load_cross_encoder(self.settings.reranker)
+            return self._cross_encoder
 
     def snapshot(self) -> Snapshot | None:
         """The live generation, reopened when a writer has committed a new one."""
@@ -163,14 +174,24 @@ class RAG:
             raise QuestionTooLong(len(q), self.settings.max_question_chars)
         return q
 
-    def retrieve(self, query: str, *, k: int | None = None) -> list[Source]:
-        """The top-k passages for `query`, each with its evidence sentences."""
+    def retrieve(
+        self, query: str, *, k: int | None = None, filters: Filters | None = None
+    ) -> list[Source]:
+        """The top-k passages for `query`, each with its evidence sentences; `filters`
+        keeps only passages of the articles that pass them."""
         snap = self.snapshot()
         if snap is None or len(snap) == 0:
             return []
-        k = k or self.settings.top_k
+        s = self.settings
+        k = k or s.top_k
+        allowed = snap.filter_chunks(filters) if filters is not None and filters.active else None
+        if allowed is not None and not allowed:
+            return []
         qvec = self.embedder.encode_query(query)
-        hits = search(snap, query, qvec, k, fusion=self.settings.fusion)
+        pool = max(k, s.rerank_pool) if s.reranker else k
+        hits = search(snap, query, qvec, pool, fusion=s.fusion, allowed=allowed, mmr=s.mmr)
+        if s.reranker:
+            hits = rerank(self.cross_encoder, query, hits, k)
         ev = evidence(
             self.embedder, qvec, [r.text for r, _ in hits], per_text=self.settings.evidence_sentences
         )
@@ -211,8 +232,10 @@ class RAG:
         k: int | None = None,
         temperature: float | None = None,
         max_tokens: int | None = None,
+        filters: Filters | None = None,
     ) -> AnswerStream:
-        """Start answering: iterate the result for text pieces, then read `.answer`."""
+        """Start answering: iterate the result for text pieces, then read `.answer`.
+        `filters` restricts the answer to some articles (source, author, dates, ids)."""
         q = self.check_question(question)
         query = self.standalone_query(q, history) if history else q
         return AnswerStream(
@@ -220,6 +243,7 @@ class RAG:
             question=q,
             query=query,
             k=k,
+            filters=filters,
             temperature=self.settings.temperature if temperature is None else temperature,
             max_tokens=max_tokens or self.settings.max_tokens,
         )
@@ -280,12 +304,14 @@ class AnswerStream:
         k: int | None,
         temperature: float,
         max_tokens: int,
+        filters: Filters | None = None,
     ) -> None:
         self.rag = rag
         self.question = question
         self.query = query
+        self.filters = filters
         self._t0 = time.perf_counter()
-        self.sources: list[Source] = rag.retrieve(query, k=k)
+        self.sources: list[Source] = rag.retrieve(query, k=k, filters=filters)
         self.retrieve_ms = (time.perf_counter() - self._t0) * 1000
         self.temperature = temperature
         self.max_tokens = max_tokens
@@ -297,7 +323,12 @@ class AnswerStream:
         weak = bool(self.sources) and max(s.score for s in self.sources) < self.rag.settings.min_score
         if not self.sources or weak:
             # Evidence too weak to answer from: say so without spending the model's time.
-            msg = EMPTY_INDEX if self.rag.snapshot() is None else P.REFUSAL
+            if self.rag.snapshot() is None:
+                msg = EMPTY_INDEX
+            elif not self.sources and self.filters is not None and self.filters.active:
+                msg = NO_MATCH.format(self.filters.describe())
+            else:
+                msg = P.REFUSAL
             self.text = msg
             self._finish(found=False, first_ms=0.0, prompt_tokens=0)
             yield msg
@@ -386,12 +417,15 @@ _default: dict[Settings, RAG] = {}
 _default_lock = threading.Lock()
 
 
-def ask(question: str, **kwargs: Any) -> Answer:
-    """Answer `question` from the index, with sources. Keyword arguments are settings
-    (index, model, top_k...); the models load once per distinct settings and are reused."""
+def ask(question: str, *, filters: Filters | Mapping[str, Any] | None = None, **kwargs: Any) -> Answer:
+    """Answer `question` from the index, with sources. `filters` (a `Filters` or a dict of
+    source/author/since/until/ids) restricts the articles; other keyword arguments are
+    settings (index, model, top_k...): the models load once per distinct settings."""
     settings = Settings.load(**kwargs)
+    if filters is not None and not isinstance(filters, Filters):
+        filters = Filters.from_dict(filters)
     with _default_lock:
         rag = _default.get(settings)
         if rag is None:
             rag = _default[settings] = RAG(settings)
-    return rag.ask(question)
+    return rag.ask(question, filters=filters)

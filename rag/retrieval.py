@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from .chunking import split_sentences
 from .embedding import Embedder
 from .store import ChunkRow, Snapshot
+
+if TYPE_CHECKING:
+    from sentence_transformers import CrossEncoder
 
 FUSIONS = ("rrf", "convex", "dense")
 
@@ -21,15 +25,20 @@ def search(
     *,
     fusion: str = "convex",
     weight: float = 0.5,
+    allowed: Sequence[int] | None = None,
+    mmr: float = 1.0,
 ) -> list[tuple[ChunkRow, float]]:
     """Top-k chunks by dense similarity fused with BM25, each with its cosine similarity.
 
     `convex` ranks by `weight * cosine' + (1 - weight) * bm25'`, both min-max scaled over
     the candidate pool; `rrf` by reciprocal rank fusion; `dense` ignores keywords.
+    `allowed` restricts the search to those chunk ids (metadata filters). `mmr` below 1
+    re-ranks by maximal marginal relevance: `mmr * fused - (1 - mmr) * max cosine to the
+    chunks already taken`, so near-duplicate passages give way to new ones.
     """
     pool = max(4 * k, 20)
-    dense = snapshot.search(query_vec, pool)
-    sparse = [] if fusion == "dense" else snapshot.keyword_search(query, pool)
+    dense = snapshot.search(query_vec, pool, allowed=allowed)
+    sparse = [] if fusion == "dense" else snapshot.keyword_search(query, pool, allowed=allowed)
     cos = dict(dense)
     missing = [i for i, _ in sparse if i not in cos]
     if missing:
@@ -49,9 +58,42 @@ def search(
         }
     else:
         raise ValueError(f"fusion must be one of {', '.join(FUSIONS)}, got {fusion!r}")
-    top = sorted(fused, key=lambda i: (-fused[i], -cos[i]))[:k]
+    ranked = sorted(fused, key=lambda i: (-fused[i], -cos[i]))
+    top = _mmr(snapshot, ranked, fused, k, mmr) if mmr < 1.0 else ranked[:k]
     rows = snapshot.chunks(top)
     return [(r, float(cos[r.id])) for r in rows]
+
+
+def _mmr(snapshot: Snapshot, ranked: list[int], fused: dict[int, float], k: int, lam: float) -> list[int]:
+    cands = ranked[: max(2 * k, 10)]
+    vecs = snapshot.vectors(cands)
+    sim = vecs @ vecs.T
+    rel = np.array([fused[i] for i in cands])
+    taken: list[int] = []
+    left = list(range(len(cands)))
+    while left and len(taken) < k:
+        if taken:
+            redundancy = sim[np.ix_(left, taken)].max(axis=1)
+            scores = lam * rel[left] - (1 - lam) * redundancy
+        else:
+            scores = rel[left]
+        best = left[int(np.argmax(scores))]
+        taken.append(best)
+        left.remove(best)
+    return [cands[i] for i in taken]
+
+
+def rerank(
+    cross_encoder: CrossEncoder, query: str, hits: list[tuple[ChunkRow, float]], k: int
+) -> list[tuple[ChunkRow, float]]:
+    """The `k` best of `hits` by a sentence-transformers CrossEncoder's (query, passage)
+    scores; each keeps its cosine similarity."""
+    if not hits:
+        return []
+    pairs = [(query, f"{r.title}\n{r.text}" if r.title else r.text) for r, _ in hits]
+    scores = np.asarray(cross_encoder.predict(pairs, show_progress_bar=False), dtype=np.float64).reshape(-1)
+    order = np.argsort(-scores, kind="stable")[:k]
+    return [hits[int(i)] for i in order]
 
 
 def _scale(x: float, values: Iterable[float]) -> float:

@@ -36,7 +36,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from .errors import Busy, ModelError, QuestionError, QuestionTooLong, RagError
+from .errors import Busy, FilterError, ModelError, QuestionError, QuestionTooLong, RagError
+from .filters import Filters
 from .generation import BackendError
 from .pipeline import RAG, AnswerStream
 from .types import Answer
@@ -90,6 +91,21 @@ class StreamOptions(BaseModel):
     include_usage: bool = False
 
 
+class FiltersIn(BaseModel):
+    """Which articles may answer (extension); fields AND together, list values OR."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    source: list[str] | str | None = Field(None, description="Publisher name(s), matched whole, any case.")
+    author: list[str] | str | None = Field(None, description="Name(s) found anywhere in the byline.")
+    since: str | None = Field(None, description="Articles dated on or after, YYYY-MM-DD (or YYYY-MM, YYYY).")
+    until: str | None = Field(None, description="Articles dated on or before, YYYY-MM-DD (or YYYY-MM, YYYY).")
+    ids: list[str] | None = Field(None, description="Article ids, as /v1/retrieve returns them.")
+
+    def to_filters(self) -> Filters:
+        return Filters(**self.model_dump(exclude_none=True))
+
+
 class ChatCompletionRequest(BaseModel):
     """OpenAI's request; fields it has and this server does not use are accepted and ignored."""
 
@@ -124,6 +140,7 @@ class ChatCompletionRequest(BaseModel):
     max_completion_tokens: int | None = Field(None, ge=1)
     n: int | None = Field(None, ge=1, le=1, description="Only one answer per request.")
     k: int | None = Field(None, ge=1, le=MAX_K, description="Passages to retrieve (extension).")
+    filters: FiltersIn | None = Field(None, description="Only these articles may answer (extension).")
 
 
 class SourceOut(BaseModel):
@@ -247,6 +264,7 @@ class RetrieveRequest(BaseModel):
 
     query: str = Field(min_length=1, description="What to search the articles for.")
     k: int | None = Field(None, ge=1, le=MAX_K, description="How many passages (default: the top_k setting).")
+    filters: FiltersIn | None = Field(None, description="Only passages of these articles.")
 
 
 class RetrieveResponse(BaseModel):
@@ -299,6 +317,8 @@ class ApiError(Exception):
 
 def from_rag_error(e: RagError) -> ApiError:
     """The HTTP face of each library error."""
+    if isinstance(e, FilterError):
+        return ApiError(400, str(e), code="invalid_filter", param="filters")
     if isinstance(e, QuestionTooLong):
         return ApiError(400, str(e), code="question_too_long", param="messages")
     if isinstance(e, QuestionError):
@@ -563,7 +583,8 @@ def create_app(
         """The passages a question would be answered from, with scores, evidence and metadata."""
         r = current()
         query = r.check_question(body.query)
-        sources = r.retrieve(query, k=body.k)
+        filters = body.filters.to_filters() if body.filters else None
+        sources = r.retrieve(query, k=body.k, filters=filters)
         return RetrieveResponse(query=query, data=[SourceOut(**s.to_dict()) for s in sources])
 
     @app.post(
@@ -595,9 +616,15 @@ def create_app(
                 code="invalid_value",
                 param="max_tokens",
             )
+        filters = body.filters.to_filters() if body.filters else None
         stream: AnswerStream = await run_in_threadpool(
             lambda: r.stream(
-                question, history=history, k=body.k, temperature=body.temperature, max_tokens=max_tokens
+                question,
+                history=history,
+                k=body.k,
+                temperature=body.temperature,
+                max_tokens=max_tokens,
+                filters=filters,
             )
         )
         pieces = iter(stream)

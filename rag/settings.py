@@ -23,6 +23,9 @@ ENV_VARS: dict[str, str] = {
     "llm_api_key": "RAG_LLM_API_KEY",
     "llm_timeout": "RAG_LLM_TIMEOUT",
     "api_key": "RAG_API_KEY",
+    "reranker": "RAG_RERANKER",
+    "min_score": "RAG_MIN_SCORE",
+    "ann_threshold": "RAG_ANN_THRESHOLD",
 }
 
 
@@ -84,6 +87,11 @@ class Settings:
             approximate IVF index (rebuilt from the stored vectors at the commit that crosses it).
         min_score: refuse without calling the model when no passage's cosine similarity to
             the question reaches this (0 disables the gate).
+        mmr: maximal marginal relevance weight; 1 keeps the relevance order, lower values
+            trade relevance for passages unlike those already chosen.
+        reranker: a sentence-transformers CrossEncoder name or path that re-orders the
+            `rerank_pool` best passages; empty: no re-ranking.
+        rerank_pool: passages the re-ranker scores per question.
     """
 
     index: Path = Path("index")
@@ -112,6 +120,9 @@ class Settings:
     api_key: str = field(default="", repr=False)
     ann_threshold: int = 20_000
     min_score: float = 0.0
+    mmr: float = 1.0
+    reranker: str = ""
+    rerank_pool: int = 20
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "index", Path(self.index))
@@ -125,6 +136,7 @@ class Settings:
             "batch_size",
             "max_question_chars",
             "max_queue",
+            "rerank_pool",
         )
         for name in positive:
             value = getattr(self, name)
@@ -137,6 +149,8 @@ class Settings:
             )
         if self.temperature < 0:
             raise ConfigError(f"temperature must be >= 0, got {self.temperature!r}")
+        if not 0.0 < self.mmr <= 1.0:
+            raise ConfigError(f"mmr must be above 0 and at most 1 (1: off), got {self.mmr!r}")
         if self.max_file_mb <= 0:
             raise ConfigError(f"max_file_mb must be positive, got {self.max_file_mb!r}")
         if self.max_tokens >= self.n_ctx:

@@ -38,10 +38,12 @@ import sqlite3
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from datetime import date
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .errors import ConfigError, EmbedderMismatch, IndexCorrupt, IndexLocked, IndexNotFound
+from .filters import Filters, article_date
 from .types import Article, ArticleInfo, Chunk
 
 if TYPE_CHECKING:
@@ -368,6 +370,7 @@ class Snapshot:
         self.index_params: dict[str, Any] = dict(manifest.get("index_params") or {})
         if self.index_type != FLAT:
             faiss.extract_index_ivf(self.index).nprobe = int(self.index_params["nprobe"])
+        self._dates: dict[str, date | None] = {}
         uri = f"file:{folder / CHUNKS}?mode=ro&immutable=1"
         # check_same_thread=False: the UI searches from worker threads; the file is immutable.
         self.db = sqlite3.connect(uri, uri=True, check_same_thread=False)
@@ -406,13 +409,28 @@ class Snapshot:
     def __len__(self) -> int:
         return int(self.index.ntotal)
 
-    def search(self, vector: np.ndarray, k: int) -> list[tuple[int, float]]:
+    def search(
+        self, vector: np.ndarray, k: int, *, allowed: Sequence[int] | None = None
+    ) -> list[tuple[int, float]]:
+        """Top-k chunk ids by inner product; `allowed` restricts them to those chunk ids."""
+        import faiss
         import numpy as np
 
-        if self.index.ntotal == 0:
+        if self.index.ntotal == 0 or (allowed is not None and len(allowed) == 0):
             return []
         q = np.ascontiguousarray(vector.reshape(1, -1), dtype=np.float32)
-        scores, ids = self.index.search(q, min(k, int(self.index.ntotal)))
+        k = min(k, int(self.index.ntotal))
+        if allowed is None:
+            scores, ids = self.index.search(q, k)
+        else:
+            sel = faiss.IDSelectorBatch(np.asarray(allowed, dtype=np.int64))
+            if self.index_type == FLAT:
+                params = faiss.SearchParameters(sel=sel)
+            else:
+                # A filter can leave the probed lists empty: scan them all (still exact
+                # for the allowed vectors, and a filtered search is rarely large).
+                params = faiss.SearchParametersIVF(sel=sel, nprobe=faiss.extract_index_ivf(self.index).nlist)
+            scores, ids = self.index.search(q, min(k, len(allowed)), params=params)
         return [(int(i), float(s)) for i, s in zip(ids[0], scores[0], strict=True) if i >= 0]
 
     def vectors(self, ids: Sequence[int]) -> np.ndarray:
@@ -422,17 +440,59 @@ class Snapshot:
 
         return np.vstack([self.index.reconstruct(int(i)) for i in ids])
 
-    def keyword_search(self, query: str, k: int) -> list[tuple[int, float]]:
-        """Top-k chunks by BM25 (SQLite FTS5); scores are positive, higher is better."""
+    def keyword_search(
+        self, query: str, k: int, *, allowed: Sequence[int] | None = None
+    ) -> list[tuple[int, float]]:
+        """Top-k chunks by BM25 (SQLite FTS5); scores are positive, higher is better.
+        `allowed` restricts them to those chunk ids."""
         match = keyword_query(query)
-        if not match:
+        if not match or (allowed is not None and len(allowed) == 0):
             return []
+        if allowed is None:
+            sql, args = "", ()
+        else:
+            sql, args = " AND rowid IN (SELECT value FROM json_each(?))", (json.dumps(list(allowed)),)
         rows = self.db.execute(
-            "SELECT rowid, bm25(chunks_fts) FROM chunks_fts WHERE chunks_fts MATCH ? "
+            f"SELECT rowid, bm25(chunks_fts) FROM chunks_fts WHERE chunks_fts MATCH ?{sql} "
             "ORDER BY bm25(chunks_fts) LIMIT ?",
-            (match, k),
+            (match, *args, k),
         ).fetchall()
         return [(int(i), -float(s)) for i, s in rows]
+
+    def filter_chunks(self, filters: Filters) -> list[int]:
+        """The chunk ids of the articles that pass `filters`."""
+        where: list[str] = []
+        args: list[Any] = []
+        if filters.ids:
+            where.append("id IN (SELECT value FROM json_each(?))")
+            args.append(json.dumps(list(filters.ids)))
+        if filters.source:
+            where.append("lower(source) IN (SELECT lower(value) FROM json_each(?))")
+            args.append(json.dumps(list(filters.source)))
+        if filters.author:
+            byline = " OR ".join("instr(lower(author), lower(?)) > 0" for _ in filters.author)
+            where.append(f"({byline})")
+            args.extend(filters.author)
+        sql = "SELECT id, date FROM articles" + (" WHERE " + " AND ".join(where) if where else "")
+        rows = self.db.execute(sql, args).fetchall()
+        lo, hi = filters.date_range
+        if lo or hi:
+            rows = [(i, d) for i, d in rows if self._in_range(i, d, lo, hi)]
+        ids = [i for i, _ in rows]
+        return [
+            int(r[0])
+            for r in self.db.execute(
+                "SELECT id FROM chunks WHERE article_id IN (SELECT value FROM json_each(?)) ORDER BY id",
+                (json.dumps(ids),),
+            )
+        ]
+
+    def _in_range(self, article_id: str, raw: str, lo: date | None, hi: date | None) -> bool:
+        # Parsed once per snapshot: the generation never changes under it.
+        if article_id not in self._dates:
+            self._dates[article_id] = article_date(raw)
+        day = self._dates[article_id]
+        return day is not None and (lo is None or day >= lo) and (hi is None or day <= hi)
 
     def chunks(self, ids: Sequence[int]) -> list[ChunkRow]:
         """Rows for `ids`, in the same order."""

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from rag.evaluate import METRIC_KEYS, contains, f1, normalize
+from rag.evaluate import METRIC_KEYS, choose_threshold, contains, f1, gate_tradeoff, normalize
 
 from .conftest import SQUAD
 
@@ -21,6 +21,24 @@ def test_squad_normalisation_and_f1():
     assert f1("in the 10th and 11th centuries", ["10th and 11th centuries"]) == pytest.approx(8 / 9)
     assert 0 < f1("Denmark and Norway", ["Denmark, Iceland and Norway"]) < 1
     assert f1("", ["x"]) == 0.0
+
+
+def test_gate_tradeoff_counts_refusals_by_threshold():
+    records = [
+        {"answerable": True, "top_score": 0.8},
+        {"answerable": True, "top_score": 0.4},
+        {"answerable": True, "top_score": 0.9, "found": False},  # the model refused it already
+        {"answerable": False, "top_score": 0.3},
+        {"answerable": False, "top_score": 0.6},
+    ]
+    rows = gate_tradeoff(records, [0.0, 0.5, 0.7])
+    assert [(r["refusal_accuracy"], r["false_refusal_rate"]) for r in rows] == [
+        (0.0, round(1 / 3, 4)),
+        (0.5, round(2 / 3, 4)),
+        (1.0, round(2 / 3, 4)),
+    ]
+    assert choose_threshold(rows, max_false=0.5)["min_score"] == 0.0
+    assert choose_threshold(rows, max_false=0.7)["min_score"] == 0.7
 
 
 @pytest.mark.skipif(not SQUAD.exists(), reason="shared eval data not present")
@@ -57,4 +75,8 @@ def test_cli_eval_retrieval_only(tmp_path):
     assert tuple(report["metrics"]) == METRIC_KEYS
     assert report["metrics"]["recall_at_k"] >= 0.9
     assert len(report["records"]) == 40
-    assert {"gold", "question", "sources", "retrieved_rank"} <= set(report["records"][0])
+    assert {"gold", "question", "sources", "retrieved_rank", "top_score"} <= set(report["records"][0])
+    # Unanswerable questions in the set: the min_score trade-off is printed and saved.
+    assert "min_score gate" in p.stdout
+    assert [r["min_score"] for r in report["gate"]][:3] == [0.0, 0.05, 0.1]
+    assert report["gate"][0]["false_refusal_rate"] == 0.0

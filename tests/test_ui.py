@@ -115,6 +115,18 @@ def test_too_long_question_is_refused_with_its_reason(client, served):
     assert f"limit of {r.settings.max_question_chars}" in answer_of(chat)
 
 
+def test_filters_narrow_the_articles_and_bad_dates_are_named(client, served):
+    r, _ = served
+    article = r.articles()[0]
+    # The sample article (a .txt) has no date: any date window leaves nothing to answer from.
+    chat, _, sources, *_ = client.predict(QUESTION, 5, 0.0, 16, [], "", "2099-01-01", "", [], api_name="/ask")
+    assert "No article matches the filters (since=2099-01-01)" in answer_of(chat)
+    chat, _, _, _, status, _ = client.predict(QUESTION, 5, 0.0, 16, [], "", "soon", "", [], api_name="/ask")
+    assert status.startswith("Filters: filter since='soon' is not a date")
+    _, _, sources, *_ = client.predict(QUESTION, 2, 0.0, 16, [], "", "", "", [article.id], api_name="/ask")
+    assert article.title in sources
+
+
 class RefusingGenerator:
     """A model that never finds the answer: how the UI shows a refusal must not hang on
     whether the real small model refuses a given question."""

@@ -14,6 +14,7 @@ import html
 import logging
 import re
 import shutil
+import tempfile
 import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict
@@ -384,6 +385,10 @@ def library_choices(r: RAG) -> list[tuple[str, str]]:
     return [(f"{a.title or '(untitled)'} ({a.chunks} passages)", a.id) for a in r.articles()]
 
 
+def source_choices(r: RAG) -> list[str]:
+    return sorted({a.source for a in r.articles() if a.source}, key=str.lower)
+
+
 def ingest_report(report: rag.IngestReport) -> str:
     lines = []
     done = len(report.added) + len(report.updated) + len(report.unchanged)
@@ -409,7 +414,16 @@ def keep_uploads(files: Sequence[str], folder: Path) -> list[Path]:
     for f in files:
         name = re.sub(r"[^\w.\- ]", "_", Path(f).name).strip(". ") or "upload.txt"
         target = folder / name
-        shutil.copyfile(f, target)
+        # Copy into a new file of our own, then rename it over the name: a symlink planted at
+        # that name is replaced, never written through to the file it points at.
+        fd, part = tempfile.mkstemp(dir=folder, prefix=".upload-", suffix=".part")
+        try:
+            with os.fdopen(fd, "wb") as out, open(f, "rb") as src:
+                shutil.copyfileobj(src, out)
+            os.replace(part, target)
+        except BaseException:
+            Path(part).unlink(missing_ok=True)
+            raise
         kept.append(target)
     return kept
 
@@ -441,6 +455,11 @@ def build_app(rag_: RAG) -> gr.Blocks:
         top_k: float,
         temperature: float,
         max_tokens: float,
+        only_sources: list[str] | None,
+        author: str | None,
+        since: str | None,
+        until: str | None,
+        only_articles: list[str] | None,
         turns: list[Turn] | None,
         request: gr.Request,
     ) -> Iterator[tuple[Any, ...]]:
@@ -449,6 +468,17 @@ def build_app(rag_: RAG) -> gr.Blocks:
         question = (question or "").strip()
         if not question:
             yield outputs(turns, len(turns) - 1 if turns else None, "Type a question about your articles.")
+            return
+        try:
+            filters = rag.Filters(
+                source=only_sources or (),
+                author=[a for a in (author or "").split(",") if a.strip()],
+                since=since or "",
+                until=until or "",
+                ids=only_articles or (),
+            )
+        except rag.FilterError as e:
+            yield outputs(turns, len(turns) - 1 if turns else None, f"Filters: {e}")
             return
         history = [
             m
@@ -483,6 +513,7 @@ def build_app(rag_: RAG) -> gr.Blocks:
                 k=int(top_k),
                 temperature=float(temperature),
                 max_tokens=int(max_tokens),
+                filters=filters,
             )
             turn["query"] = stream.query
             turn["sources"] = [src.to_dict() for src in stream.sources]
@@ -555,9 +586,15 @@ def build_app(rag_: RAG) -> gr.Blocks:
         info, text = found
         return article_html(info, text, source)
 
-    def library() -> tuple[str, dict[str, Any], Any]:
+    def library() -> tuple[str, dict[str, Any], Any, Any, Any]:
         r = engine.rag
-        return library_line(r), library_table(r), gr.update(choices=library_choices(r), value=None)
+        return (
+            library_line(r),
+            library_table(r),
+            gr.update(choices=library_choices(r), value=None),
+            gr.update(choices=source_choices(r)),
+            gr.update(choices=library_choices(r)),
+        )
 
     def add_articles(
         files: list[str] | None,
@@ -667,6 +704,31 @@ def build_app(rag_: RAG) -> gr.Blocks:
                         )
                         load_btn = gr.Button("Load model", scale=1)
                     model_status = gr.Markdown(f"Model: `{s.model}`")
+                with gr.Accordion("Only some articles", open=False):
+                    only_sources = gr.Dropdown(
+                        choices=source_choices(rag_),
+                        value=[],
+                        multiselect=True,
+                        label="Sources",
+                        elem_id="filter-source",
+                    )
+                    author = gr.Textbox(
+                        value="", label="Author (any of, comma-separated)", elem_id="filter-author"
+                    )
+                    with gr.Row(equal_height=True):
+                        since = gr.Textbox(
+                            value="", label="Since", placeholder="YYYY-MM-DD", elem_id="filter-since"
+                        )
+                        until = gr.Textbox(
+                            value="", label="Until", placeholder="YYYY-MM-DD", elem_id="filter-until"
+                        )
+                    only_articles = gr.Dropdown(
+                        choices=library_choices(rag_),
+                        value=[],
+                        multiselect=True,
+                        label="Articles",
+                        elem_id="filter-articles",
+                    )
             with gr.Column(scale=2, min_width=320):
                 gr.Markdown("### Sources")
                 sources = gr.HTML(
@@ -710,7 +772,18 @@ def build_app(rag_: RAG) -> gr.Blocks:
         asking = gr.on(
             [question.submit, send.click],
             ask,
-            inputs=[question, top_k, temperature, max_tokens, turns],
+            inputs=[
+                question,
+                top_k,
+                temperature,
+                max_tokens,
+                only_sources,
+                author,
+                since,
+                until,
+                only_articles,
+                turns,
+            ],
             outputs=chat_outputs,
             api_name="ask",
             show_progress="hidden",
@@ -729,7 +802,7 @@ def build_app(rag_: RAG) -> gr.Blocks:
         )
         chatbot.select(pick_turn, inputs=[turns], outputs=[sources, query, shown], api_visibility="private")
         sources.click(open_source, inputs=[turns], outputs=[viewer], api_visibility="private")
-        library_outputs = [header, table, chosen]
+        library_outputs = [header, table, chosen, only_sources, only_articles]
         files.upload(
             add_articles,
             inputs=[files],

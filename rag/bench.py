@@ -744,7 +744,7 @@ def bench_query(
         snap.index.search(q32, pool)
         r["faiss_ms"] = (time.perf_counter() - t) * 1000
         t = time.perf_counter()
-        evidence(embedder, qvec, [row.text for row, _ in hits], per_text=settings.evidence_sentences)
+        evidence(embedder.encode, qvec, [row.text for row, _ in hits], per_text=settings.evidence_sentences)
         r["evidence_ms"] = (time.perf_counter() - t) * 1000
         t = time.perf_counter()
         sources = rag.retrieve(q, k=k)

@@ -7,6 +7,7 @@ import os
 import re
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,7 @@ from .types import Answer, ArticleInfo, IngestReport, Source, Timings
 log = logging.getLogger(__name__)
 
 EMPTY_INDEX = "The index holds no articles yet. Add some with `rag ingest PATH...` or the Library tab."
+SENTENCE_CACHE = 2048
 NO_MATCH = "No article matches the filters ({}); widen or clear them."
 
 _CONTROL_CHARS = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
@@ -61,6 +63,10 @@ class RAG:
         self._embedder = embedder
         self._generator = generator
         self._cross_encoder: Any = None
+        # Evidence sentences are embedded at retrieval and again, with the answer, after
+        # it: the second time comes from here (a few hundred sentences per question at most).
+        self._sentence_vectors: OrderedDict[str, Any] = OrderedDict()
+        self._sentence_lock = threading.Lock()
         self.gate = gate or Gate(self.settings.max_queue)
         self._snapshot: Snapshot | None = None
         self._pointer: str | None = None
@@ -193,7 +199,7 @@ class RAG:
         if s.reranker:
             hits = rerank(self.cross_encoder, query, hits, k)
         ev = evidence(
-            self.embedder, qvec, [r.text for r, _ in hits], per_text=self.settings.evidence_sentences
+            self.encode_sentences, qvec, [r.text for r, _ in hits], per_text=self.settings.evidence_sentences
         )
         return [
             Source(
@@ -222,7 +228,25 @@ class RAG:
         qvec, avec = self.embedder.encode([query, plain])
         both = qvec + avec
         both /= max(float((both**2).sum()) ** 0.5, 1e-9)
-        return evidence(self.embedder, both, texts, per_text=self.settings.evidence_sentences)
+        return evidence(self.encode_sentences, both, texts, per_text=self.settings.evidence_sentences)
+
+    def encode_sentences(self, sentences: Sequence[str]) -> Any:
+        """Sentence vectors, from the recent-sentence cache where possible."""
+        import numpy as np
+
+        with self._sentence_lock:
+            known = {t: self._sentence_vectors[t] for t in sentences if t in self._sentence_vectors}
+        todo = list(dict.fromkeys(t for t in sentences if t not in known))
+        if todo:
+            fresh = self.embedder.encode(todo)
+            with self._sentence_lock:
+                for t, v in zip(todo, fresh, strict=True):
+                    known[t] = self._sentence_vectors[t] = v
+                while len(self._sentence_vectors) > SENTENCE_CACHE:
+                    self._sentence_vectors.popitem(last=False)
+        if not sentences:
+            return np.zeros((0, self.embedder.dimension), dtype=np.float32)
+        return np.vstack([known[t] for t in sentences])
 
     def stream(
         self,

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from .chunking import split_sentences
-from .embedding import Embedder
 from .store import ChunkRow, Snapshot
 
 if TYPE_CHECKING:
@@ -105,7 +104,7 @@ def _scale(x: float, values: Iterable[float]) -> float:
 
 
 def evidence(
-    embedder: Embedder,
+    encode: Callable[[Sequence[str]], np.ndarray],
     query_vec: np.ndarray,
     texts: Sequence[str],
     *,
@@ -113,12 +112,13 @@ def evidence(
     margin: float = 0.08,
 ) -> list[tuple[str, ...]]:
     """For each text, its sentences most similar to the query: the best one, plus up to
-    `per_text - 1` more within `margin` of it. All sentences are embedded in one batch."""
+    `per_text - 1` more within `margin` of it. All sentences are embedded in one batch by
+    `encode` (an embedder's `encode`, or a cache in front of it)."""
     spans = [split_sentences(t) for t in texts]
     sentences = [t[s:e] for t, sp in zip(texts, spans, strict=True) for s, e in sp]
     if not sentences:
         return [() for _ in texts]
-    sims = embedder.encode(sentences) @ query_vec
+    sims = encode(sentences) @ query_vec
     out: list[tuple[str, ...]] = []
     pos = 0
     for t, sp in zip(texts, spans, strict=True):

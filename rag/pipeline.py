@@ -124,9 +124,9 @@ class RAG:
                 self._snapshot, self._pointer = None, pointer
                 return None
             snap.check_embedder(self.embedder.name, self.embedder.dimension)
-            old, self._snapshot, self._pointer = self._snapshot, snap, pointer
-            if old is not None:
-                old.close()
+            # The previous snapshot is not closed here: other threads may be searching it.
+            # It closes its database and frees its vectors when the last of them lets go.
+            self._snapshot, self._pointer = snap, pointer
             return snap
 
     # -- the library -----------------------------------------------------------------------

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from rag.evaluate import METRIC_KEYS, choose_threshold, contains, f1, gate_tradeoff, normalize
+from rag.evaluate import METRIC_KEYS, choose_threshold, contains, f1, gate_tradeoff, normalize, plot_tradeoff
 
 from .conftest import SQUAD
 
@@ -39,6 +39,14 @@ def test_gate_tradeoff_counts_refusals_by_threshold():
     ]
     assert choose_threshold(rows, max_false=0.5)["min_score"] == 0.0
     assert choose_threshold(rows, max_false=0.7)["min_score"] == 0.7
+
+
+def test_gate_tradeoff_plot_is_written(tmp_path):
+    rows = gate_tradeoff(
+        [{"answerable": True, "top_score": 0.5}, {"answerable": False, "top_score": 0.2}], [0.1, 0.3]
+    )
+    plot_tradeoff({"one set": rows}, tmp_path / "gate.png")
+    assert (tmp_path / "gate.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 @pytest.mark.skipif(not SQUAD.exists(), reason="shared eval data not present")

@@ -180,9 +180,7 @@ class RAG:
             raise QuestionTooLong(len(q), self.settings.max_question_chars)
         return q
 
-    def retrieve(
-        self, query: str, *, k: int | None = None, filters: Filters | None = None
-    ) -> list[Source]:
+    def retrieve(self, query: str, *, k: int | None = None, filters: Filters | None = None) -> list[Source]:
         """The top-k passages for `query`, each with its evidence sentences; `filters`
         keeps only passages of the articles that pass them."""
         snap = self.snapshot()

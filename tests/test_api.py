@@ -442,6 +442,43 @@ def test_no_ui_serves_the_api_alone(tmp_path):
         server.close()
 
 
+def test_filters_restrict_retrieve_and_chat(tmp_path):
+    r = fake_rag(tmp_path / "index")
+    extra = tmp_path / "extra.jsonl"
+    extra.write_text(
+        json.dumps(
+            {"id": "ap-1", "text": "Aluminum prices rose in May.", "source": "AP", "date": "2025-05-02"}
+        )
+    )
+    r.ingest([extra])
+    server, url = launch(r, ui=False)
+    try:
+        query = {"query": "aluminum", "k": 10}
+        everything = httpx.post(url + "v1/retrieve", json=query).json()["data"]
+        assert {p["article_id"] for p in everything} > {"ap-1"}
+        only = httpx.post(url + "v1/retrieve", json={**query, "filters": {"source": "ap"}}).json()["data"]
+        assert {p["article_id"] for p in only} == {"ap-1"}
+        dated = {"since": "2025-05", "until": "2025-05-31"}
+        assert {
+            p["article_id"]
+            for p in httpx.post(url + "v1/retrieve", json={**query, "filters": dated}).json()["data"]
+        } == {"ap-1"}
+        body = {"messages": [{"role": "user", "content": QUESTION}], "filters": {"source": ["Nobody"]}}
+        resp = httpx.post(url + "v1/chat/completions", json=body).json()
+        assert resp["found"] is False and resp["sources"] == []
+        assert "No article matches the filters (source=Nobody)" in resp["choices"][0]["message"]["content"]
+        bad = httpx.post(url + "v1/retrieve", json={**query, "filters": {"since": "yesterday"}})
+        assert bad.status_code == 400
+        assert (
+            bad.json()["error"]["code"] == "invalid_filter"
+            and "since='yesterday'" in bad.json()["error"]["message"]
+        )
+        unknown = httpx.post(url + "v1/retrieve", json={**query, "filters": {"publisher": "AP"}})
+        assert unknown.status_code == 400
+    finally:
+        server.close()
+
+
 def test_ui_login_and_api_key_each_guard_their_half(tmp_path):
     r = fake_rag(tmp_path / "index")
     server, url = launch(r, auth=("user", "secret"), api_key=KEY)
@@ -628,6 +665,81 @@ def test_rag_serve_no_ui_with_a_key_and_an_unreachable_engine(tmp_path, real_emb
     assert f"API: http://127.0.0.1:{port}/v1" in err
     # Unreachable at start: a warning, not a refusal to start (the engine may come up later).
     assert "cannot reach the generation server" in err
+
+
+@pytest.mark.slow
+def test_rag_serve_auth_refuses_the_chat_without_the_login(tmp_path, real_embedder):
+    """`rag serve --auth USER:PASSWORD` end to end, as a user starts it (real models): every
+    route of the chat, Gradio's API included, refuses a request without the login or with a
+    wrong password; a client that logs in is answered."""
+    from gradio_client import Client
+    from gradio_client.exceptions import AuthenticationError
+
+    index = tmp_path / "index"
+    rag.RAG(rag.Settings(index=index), embedder=real_embedder).ingest([SAMPLE])
+    port = free_port()
+    user, password = "reader", "s3cret-" + KEY
+    cmd = [sys.executable, "-m", "rag.cli", "serve", "--index", str(index), "--port", str(port)]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen(
+        [*cmd, "--auth", f"{user}:{password}"],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        deadline = time.monotonic() + 300
+        while True:
+            assert proc.poll() is None, proc.communicate()
+            try:
+                if httpx.get(url + "health", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, "rag serve did not come up"
+            time.sleep(0.5)
+        ask_body = {"data": [QUESTION, 5, 0.0, 32]}
+        refused = [
+            ("GET", "config", None),
+            ("GET", "gradio_api/info", None),
+            ("GET", "gradio_api/openapi.json", None),
+            ("POST", "gradio_api/call/ask", ask_body),
+            ("POST", "gradio_api/run/ask", ask_body),
+            ("POST", "gradio_api/queue/join", {**ask_body, "fn_index": 0, "session_hash": "x1"}),
+            ("GET", "gradio_api/queue/data?session_hash=x1", None),
+            ("POST", "gradio_api/upload", None),
+            ("GET", f"gradio_api/file={SAMPLE}", None),
+        ]
+        for method, path, body in refused:
+            resp = httpx.request(method, url + path, json=body, timeout=30)
+            assert resp.status_code == 401, (method, path, resp.status_code, resp.text[:200])
+            assert "2 million" not in resp.text
+        with pytest.raises(AuthenticationError, match="credentials were not provided"):
+            Client(url, verbose=False)
+        wrong = httpx.post(url + "login", data={"username": user, "password": "wrong"}, timeout=30)
+        assert wrong.status_code in (400, 401) and "access-token" not in wrong.cookies
+        with pytest.raises(ValueError, match="Could not login"):
+            Client(url, auth=(user, "wrong"), verbose=False)
+
+        client = Client(url, auth=(user, password), verbose=False)
+        header, table = client.predict(api_name="/library")[:2]
+        assert header.startswith("**1 article**") and len(table["data"]) == 1
+        chat, *_ = client.predict(QUESTION, 5, 0.0, 48, api_name="/ask")
+        answers = [m for m in chat if m["role"] == "assistant" and not (m.get("metadata") or {}).get("title")]
+        assert "2 million" in str(answers[-1]["content"])
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            _, err = proc.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            _, err = proc.communicate()
+    assert proc.returncode == 0, err
+    # --auth guards the chat; the API beside it has its own key, and the command says so.
+    assert "the API under /v1 has no key" in err
 
 
 # -- the OpenAPI document, fuzzed -----------------------------------------------------------------

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from rag import RAG
 from rag.errors import EmbedderMismatch, IndexCorrupt, IndexNotFound
 from rag.ingest import ingest, remove
 from rag.settings import Settings
@@ -95,6 +96,57 @@ def test_corruption_is_refused_and_recoverable(tmp_path, fake_embedder, victim):
     gen = recover(s.index)
     assert gen in ("gen-000001", "gen-000002")
     assert len(Snapshot.open(s.index).articles()) in (2, 3)
+
+
+def test_truncation_is_refused_and_recoverable(tmp_path, fake_embedder, capsys):
+    """Each file of the index cut to half its length and to nothing (a full disk, a copy
+    interrupted, a crash of a careless backup tool): opening refuses it with the way out,
+    nothing is answered from it, and `recover` brings back the newest intact generation,
+    with its own content."""
+    victims = ["vectors.faiss", "chunks.sqlite", "manifest.json", "CURRENT"]
+    tried = refused = recovered = 0
+    for victim in victims:
+        for cut in ("half", "zero"):
+            base = tmp_path / f"{victim}-{cut}"
+            s = Settings(index=base / "idx", chunk_tokens=40, chunk_overlap=8)
+            write_corpus(base / "docs", n=2)
+            ingest([base / "docs"], settings=s, embedder=fake_embedder)
+            write_corpus(base / "docs", n=3, version="v2")
+            ingest([base / "docs"], settings=s, embedder=fake_embedder)
+            path = s.index / victim if victim == "CURRENT" else s.index / "gen-000002" / victim
+            data = path.read_bytes()
+            path.write_bytes(data[: len(data) // 2] if cut == "half" else b"")
+            tried += 1
+            with pytest.raises(IndexCorrupt) as refusal:
+                Snapshot.open(s.index)
+            message = str(refusal.value)
+            assert f"rag recover --index {s.index}" in message, (victim, cut, message)
+            assert f"rag ingest --rebuild --index {s.index}" in message, (victim, cut, message)
+            if victim != "CURRENT":
+                assert victim in message, message  # names the damaged file
+            # Nothing reaches a reader either: a question is refused, not answered from it.
+            r = RAG(s, embedder=fake_embedder)
+            with pytest.raises(IndexCorrupt):
+                r.retrieve("harbour cranes")
+            refused += 1
+
+            gen = recover(s.index)
+            # A damaged generation falls back to the one before it; a damaged pointer only
+            # needs re-pointing at the last commit, which is intact.
+            expected, version, n = ("gen-000002", "v2", 3) if victim == "CURRENT" else ("gen-000001", "v1", 2)
+            assert gen == expected, (victim, cut)
+            snap = Snapshot.open(s.index)
+            assert snap.generation == expected
+            articles = snap.articles()
+            assert len(articles) == n
+            assert len(snap) == sum(a.chunks for a in articles)
+            assert all(f" {version} " in snap.article(a.id)[1] for a in articles)
+            assert RAG(s, embedder=fake_embedder).retrieve("harbour cranes")
+            snap.close()
+            recovered += 1
+    with capsys.disabled():
+        print(f"\ntruncations tried {tried}, refused {refused}, recovered {recovered}")
+    assert tried == refused == recovered == 2 * len(victims)
 
 
 KILLER = textwrap.dedent(

@@ -208,7 +208,7 @@ def test_upload_lists_the_article_and_remove_drops_it(client, tmp_path):
         "It will power 20,000 homes, the operator said.\n",
         encoding="utf-8",
     )
-    files, report, header, table, _ = client.predict([handle_file(str(article))], api_name="/add_articles")
+    files, report, header, table, *_ = client.predict([handle_file(str(article))], api_name="/add_articles")
     assert files is None
     assert report.startswith("✓ 1 added")
     assert "2 articles" in header
@@ -217,7 +217,7 @@ def test_upload_lists_the_article_and_remove_drops_it(client, tmp_path):
     assert rows["Solar farm opens near Lyon"][3] >= 1  # passages
 
     article_id = rows["Solar farm opens near Lyon"][5]
-    message, header, table, _ = client.predict(article_id, api_name="/remove_article")
+    message, header, table, *_ = client.predict(article_id, api_name="/remove_article")
     assert message == "Removed “Solar farm opens near Lyon”."
     assert [row[0] for row in table["data"]] == ["russia-us-rare-earths"]
     assert "1 article" in header
@@ -230,7 +230,7 @@ def test_unreadable_uploads_get_one_line_each_and_leave_the_index_alone(client, 
     empty.write_bytes(b"")
     binary = tmp_path / "binary.txt"
     binary.write_bytes(bytes(range(256)) * 8)
-    _, report, _, table, _ = client.predict(
+    _, report, _, table, *_ = client.predict(
         [handle_file(str(empty)), handle_file(str(binary))], api_name="/add_articles"
     )
     lines = report.split("\n\n")

@@ -291,7 +291,7 @@ def test_empty_library_says_how_to_add_articles(tmp_path, real_embedder, real_ge
     demo, url = launch(r, port=free_port())
     try:
         c = Client(url, verbose=False)
-        header, table, _ = c.predict(api_name="/library")
+        header, table, *_ = c.predict(api_name="/library")
         assert header == EMPTY_LIBRARY
         assert table["data"] == []
         chat, _, sources, *_ = c.predict(QUESTION, 5, 0.0, 64, api_name="/ask")

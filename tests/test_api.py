@@ -93,6 +93,20 @@ def fake_rag(index: Path, generator: Any = None, **settings: Any) -> rag.RAG:
     return r
 
 
+def wait_until_up(proc: subprocess.Popen[str], url: str, seconds: float) -> None:
+    """Wait for a `rag serve` subprocess to answer /health; fail with its output if it dies."""
+    deadline = time.monotonic() + seconds
+    while True:
+        assert proc.poll() is None, proc.communicate()
+        try:
+            if httpx.get(url + "health", timeout=2).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        assert time.monotonic() < deadline, "rag serve did not come up"
+        time.sleep(0.5)
+
+
 def auth(key: str = KEY) -> dict[str, str]:
     return {"Authorization": f"Bearer {key}"}
 
@@ -634,16 +648,7 @@ def test_rag_serve_no_ui_with_a_key_and_an_unreachable_engine(tmp_path, real_emb
     )
     url = f"http://127.0.0.1:{port}/"
     try:
-        deadline = time.monotonic() + 180
-        while True:
-            assert proc.poll() is None, proc.communicate()
-            try:
-                if httpx.get(url + "health", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "rag serve did not come up"
-            time.sleep(0.5)
+        wait_until_up(proc, url, 180)
         assert httpx.get(url).status_code == 404  # no UI
         assert httpx.get(url + "v1/models").status_code == 401
         body = {"model": "rag", "messages": [{"role": "user", "content": QUESTION}]}
@@ -691,16 +696,7 @@ def test_rag_serve_auth_refuses_the_chat_without_the_login(tmp_path, real_embedd
     )
     url = f"http://127.0.0.1:{port}/"
     try:
-        deadline = time.monotonic() + 300
-        while True:
-            assert proc.poll() is None, proc.communicate()
-            try:
-                if httpx.get(url + "health", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "rag serve did not come up"
-            time.sleep(0.5)
+        wait_until_up(proc, url, 300)
         ask_body = {"data": [QUESTION, 5, 0.0, 32]}
         refused = [
             ("GET", "config", None),

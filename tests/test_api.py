@@ -26,6 +26,7 @@ from rag.server import ChatCompletionChunk
 from ui.app import launch
 
 from .conftest import ROOT, SAMPLE, FakeEmbedder
+from .test_ui import answer_of
 
 QUESTION = "How much aluminum could Russia sell to the United States?"
 KEY = "test-key-7f3a"
@@ -105,6 +106,18 @@ def wait_until_up(proc: subprocess.Popen[str], url: str, seconds: float) -> None
             pass
         assert time.monotonic() < deadline, "rag serve did not come up"
         time.sleep(0.5)
+
+
+def stop_server(proc: subprocess.Popen[str]) -> str:
+    """Ctrl-C a `rag serve` subprocess; it must exit cleanly. Returns what it logged."""
+    proc.send_signal(signal.SIGINT)
+    try:
+        _, err = proc.communicate(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        _, err = proc.communicate()
+    assert proc.returncode == 0, err
+    return err
 
 
 def auth(key: str = KEY) -> dict[str, str]:
@@ -660,13 +673,7 @@ def test_rag_serve_no_ui_with_a_key_and_an_unreachable_engine(tmp_path, real_emb
         resp = httpx.post(url + "v1/retrieve", json={"query": QUESTION}, headers=auth(), timeout=60)
         assert resp.status_code == 200 and resp.json()["data"]
     finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            _, err = proc.communicate(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            _, err = proc.communicate()
-    assert proc.returncode == 0, err
+        err = stop_server(proc)
     assert f"API: http://127.0.0.1:{port}/v1" in err
     # Unreachable at start: a warning, not a refusal to start (the engine may come up later).
     assert "cannot reach the generation server" in err
@@ -724,16 +731,9 @@ def test_rag_serve_auth_refuses_the_chat_without_the_login(tmp_path, real_embedd
         header, table = client.predict(api_name="/library")[:2]
         assert header.startswith("**1 article**") and len(table["data"]) == 1
         chat, *_ = client.predict(QUESTION, 5, 0.0, 48, api_name="/ask")
-        answers = [m for m in chat if m["role"] == "assistant" and not (m.get("metadata") or {}).get("title")]
-        assert "2 million" in str(answers[-1]["content"])
+        assert "2 million" in answer_of(chat)
     finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            _, err = proc.communicate(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            _, err = proc.communicate()
-    assert proc.returncode == 0, err
+        err = stop_server(proc)
     # --auth guards the chat; the API beside it has its own key, and the command says so.
     assert "the API under /v1 has no key" in err
 

@@ -166,7 +166,8 @@ def read_pointer(root: Path) -> tuple[str, str]:
             raise IndexNotFound(f"no index at {root}; build one with `rag ingest --index {root} PATH...`")
         raise IndexCorrupt(f"index {root} has no CURRENT file; {_recover_hint(root)}")
     parts = pointer.read_text(encoding="ascii", errors="replace").split()
-    if len(parts) != 2 or not parts[0].startswith("gen-"):
+    # A cut-off pointer must be named as the damaged file, not blamed on the manifest.
+    if len(parts) != 2 or not parts[0].startswith("gen-") or not re.fullmatch(r"[0-9a-f]{64}", parts[1]):
         raise IndexCorrupt(f"{pointer} is damaged ({' '.join(parts)[:60]!r}); {_recover_hint(root)}")
     return parts[0], parts[1]
 

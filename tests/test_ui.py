@@ -189,6 +189,9 @@ def test_waiting_request_is_told_and_a_full_queue_answers_busy(served):
         while r.gate.waiting < 1 and time.monotonic() < deadline:
             time.sleep(0.05)
         assert r.gate.waiting == 1
+        # The gate counts the request before its first update reaches the client: wait for it.
+        while not job.outputs() and time.monotonic() < deadline:
+            time.sleep(0.05)
         statuses = [out[4] for out in job.outputs()]
         assert any("Waiting for the model" in s for s in statuses), statuses
         assert "Waiting for the model" in answer_of(job.outputs()[-1][0])

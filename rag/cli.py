@@ -50,6 +50,11 @@ def _settings_options(*names: str) -> Callable[[F], F]:
         "reranker": click.option(
             "--reranker", help="CrossEncoder name or path re-ranking the passages [env RAG_RERANKER]."
         ),
+        "guard": click.option(
+            "--guard/--no-guard",
+            default=None,
+            help="Withhold passage sentences that read as instructions to the model (default on).",
+        ),
     }
 
     def deco(fn: F) -> F:
@@ -125,6 +130,7 @@ SETTING_NAMES = (
     "min_score",
     "mmr",
     "reranker",
+    "guard",
     "max_file_mb",
 )
 
@@ -268,6 +274,8 @@ def _print_sources(answer: Any) -> None:
         )
         for sentence in s.evidence:
             click.echo(f"      > {sentence}")
+        for sentence in s.withheld:
+            click.echo(f"      ! not shown to the model (reads as an instruction to it): {sentence}")
 
 
 @cli.command()
@@ -336,7 +344,11 @@ def chat(**kw: Any) -> None:
 @_settings_options(*SETTING_NAMES)
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind.")
 @click.option("--port", default=7860, show_default=True, type=int)
-@click.option("--auth", metavar="USER:PASSWORD", help="Require this login for the chat UI.")
+@click.option(
+    "--auth",
+    metavar="USER:PASSWORD",
+    help="Require this login for the chat UI and the API (HTTP Basic on /v1 and /health).",
+)
 @click.option(
     "--api-key",
     metavar="KEY",
@@ -371,8 +383,6 @@ def serve(host: str, port: int, auth: str | None, no_ui: bool, **kw: Any) -> Non
     settings = _split(kw, *SETTING_NAMES, *remote)
     credentials: tuple[str, str] | None = None
     if auth is not None:
-        if no_ui:
-            raise click.BadParameter("protects the chat UI; with --no-ui use --api-key", param_hint="--auth")
         user, sep, password = auth.partition(":")
         if not sep or not user or not password:
             raise click.BadParameter("must look like USER:PASSWORD", param_hint="--auth")
@@ -384,10 +394,10 @@ def serve(host: str, port: int, auth: str | None, no_ui: bool, **kw: Any) -> Non
             "can read and change your articles",
             err=True,
         )
-    if not settings.api_key and (not loopback or credentials is not None):
+    elif not loopback and credentials is None and not settings.api_key:
         click.echo(
-            "warning: the API under /v1 has no key: anyone who can reach it can query your "
-            "articles; pass --api-key (or set RAG_API_KEY)",
+            f"warning: serving the API on {host} without --api-key or --auth: anyone who can "
+            "reach it can query your articles",
             err=True,
         )
     where = f"http://{'[' + host + ']' if ':' in host else host}:{port}"
@@ -412,6 +422,7 @@ def serve(host: str, port: int, auth: str | None, no_ui: bool, **kw: Any) -> Non
     "min_score",
     "mmr",
     "reranker",
+    "guard",
 )
 @click.option("-k", "k", type=int, default=5, show_default=True, help="Passages per question.")
 @click.option("--limit", type=int, help="Evaluate a random sample of N questions.")

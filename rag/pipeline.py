@@ -17,6 +17,7 @@ from .embedding import Embedder, Progress, load_cross_encoder
 from .errors import IndexNotFound, QuestionError, QuestionTooLong
 from .filters import Filters
 from .generation import Gate, Generator, LlamaCppGenerator, Message
+from .guard import EXEMPLARS, planted_instructions, withhold
 from .ingest import ingest as _ingest
 from .ingest import remove as _remove
 from .models import resolve_model
@@ -67,6 +68,7 @@ class RAG:
         # it: the second time comes from here (a few hundred sentences per question at most).
         self._sentence_vectors: OrderedDict[str, Any] = OrderedDict()
         self._sentence_lock = threading.Lock()
+        self._exemplar_vectors: Any = None
         self.gate = gate or Gate(self.settings.max_queue)
         self._snapshot: Snapshot | None = None
         self._pointer: str | None = None
@@ -196,9 +198,19 @@ class RAG:
         hits = search(snap, query, qvec, pool, fusion=s.fusion, allowed=allowed, mmr=s.mmr)
         if s.reranker:
             hits = rerank(self.cross_encoder, query, hits, k)
-        ev = evidence(
-            self.encode_sentences, qvec, [r.text for r, _ in hits], per_text=self.settings.evidence_sentences
-        )
+        texts = [r.text for r, _ in hits]
+        ev = evidence(self.encode_sentences, qvec, texts, per_text=self.settings.evidence_sentences)
+        withheld = [()] * len(texts)
+        if s.guard:
+            withheld = planted_instructions(texts, self.encode_sentences, self._exemplars())
+            for (r, _), w in zip(hits, withheld, strict=True):
+                if w:
+                    log.info(
+                        "passage of %s: %d sentence(s) read as instructions to the model; withheld: %r",
+                        r.article_id,
+                        len(w),
+                        w[0][:80],
+                    )
         return [
             Source(
                 n=n,
@@ -207,16 +219,24 @@ class RAG:
                 url=r.url,
                 date=r.date,
                 text=r.text,
-                evidence=e,
+                # A withheld sentence is no evidence, however close to the question it is.
+                evidence=tuple(x for x in e if x not in w),
                 score=round(score, 4),
                 source=r.source,
                 author=r.author,
                 start=r.start,
                 end=r.end,
                 chunk_id=r.id,
+                withheld=w,
             )
-            for n, ((r, score), e) in enumerate(zip(hits, ev, strict=True), start=1)
+            for n, ((r, score), e, w) in enumerate(zip(hits, ev, withheld, strict=True), start=1)
         ]
+
+    def _exemplars(self) -> Any:
+        with self._load_lock:
+            if self._exemplar_vectors is None:
+                self._exemplar_vectors = self.embedder.encode(list(EXEMPLARS))
+            return self._exemplar_vectors
 
     def answer_evidence(self, query: str, answer: str, texts: Sequence[str]) -> list[tuple[str, ...]]:
         """Evidence sentences chosen by the question and the answer together: once the
@@ -357,11 +377,15 @@ class AnswerStream:
             return
         gen = self.rag.generator
         messages, used = P.build_messages(
-            self.query, [(s.title, s.text) for s in self.sources], gen, max_tokens=self.max_tokens
+            self.query,
+            [(s.title, withhold(s.text, s.withheld)) for s in self.sources],
+            gen,
+            max_tokens=self.max_tokens,
         )
         self.sources = self.sources[:used]
         prompt = gen.format(messages)
         first_ms = 0.0
+        check = P.CitationCheck(used)
         with self.rag.gate.hold():
             for piece in gen.stream(
                 prompt,
@@ -369,10 +393,18 @@ class AnswerStream:
                 temperature=self.temperature,
                 seed=self.rag.settings.seed,
             ):
-                if not self.text:
+                if not first_ms:
                     first_ms = (time.perf_counter() - self._t0) * 1000
-                self.text += piece
-                yield piece
+                piece = check.feed(piece)
+                if piece:
+                    self.text += piece
+                    yield piece
+        rest = check.flush()
+        if rest:
+            self.text += rest
+            yield rest
+        if check.dropped:
+            log.warning("answer cited passages it was not given: %s (removed)", sorted(set(check.dropped)))
         self.text = self.text.strip()
         self._finish(found=not P.is_refusal(self.text), first_ms=first_ms, prompt_tokens=len(prompt.tokens))
 
@@ -381,6 +413,10 @@ class AnswerStream:
         evidence = [s.evidence for s in self.sources]
         if found and self.sources:
             evidence = self.rag.answer_evidence(self.query, self.text, [s.text for s in self.sources])
+            evidence = [
+                tuple(x for x in e if x not in s.withheld)
+                for s, e in zip(self.sources, evidence, strict=True)
+            ]
         sources = tuple(
             Source(**{**s.__dict__, "cited": s.n in cited, "evidence": e})
             for s, e in zip(self.sources, evidence, strict=True)

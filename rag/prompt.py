@@ -25,6 +25,7 @@ _CONTROL = re.compile(
 )
 _END = re.compile(r"[.!?][\"'”’)\]]*$")
 _CITATION = re.compile(r"\[(\d{1,3}(?:\s*[,;]\s*\d{1,3})*)\]")
+_SPACED_CITATION = re.compile(r"(\s*)\[(\d{1,3}(?:\s*[,;]\s*\d{1,3})*)\]")
 _NOT_FOUND = re.compile(
     r"\b(?:articles?|passages?|context|texts?|sources?|documents?)\s+(?:provided\s+)?"
     r"(?:do(?:es)?\s+not|don't|doesn't)\s+(?:say|contain|mention|provide|include|state|specify)"
@@ -137,6 +138,42 @@ def citations(answer: str) -> list[int]:
             if n not in seen:
                 seen.append(n)
     return seen
+
+
+# What may still grow into a citation at the end of a streamed piece: spaces, then "[", digits...
+_OPEN_TAIL = re.compile(r"\s*(?:\[[\d,;\s]{0,12})?$")
+
+
+class CitationCheck:
+    """Keeps only citations of passages the model was given, as the answer streams: an
+    article that tells the model to cite "passage [9]" gets no [9] into the answer. `feed`
+    each piece and send what it returns; `flush` at the end. Text that could still become a
+    citation (a trailing "[1" or the spaces before it) waits for the next piece."""
+
+    def __init__(self, passages: int) -> None:
+        self.passages = passages
+        self.dropped: list[int] = []
+        self._held = ""
+
+    def feed(self, piece: str) -> str:
+        text = self._held + piece
+        tail = _OPEN_TAIL.search(text)
+        cut = tail.start() if tail else len(text)
+        self._held = text[cut:]
+        return self._clean(text[:cut])
+
+    def flush(self) -> str:
+        text, self._held = self._held, ""
+        return self._clean(text)
+
+    def _clean(self, text: str) -> str:
+        return _SPACED_CITATION.sub(self._keep, text)
+
+    def _keep(self, m: re.Match[str]) -> str:
+        numbers = [int(part) for part in re.split(r"[,;]", m.group(2))]
+        valid = [n for n in numbers if 1 <= n <= self.passages]
+        self.dropped += [n for n in numbers if n not in valid]
+        return f"{m.group(1)}[{', '.join(map(str, valid))}]" if valid else ""
 
 
 def is_refusal(answer: str) -> bool:

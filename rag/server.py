@@ -10,7 +10,11 @@ share one `RAG`: one model, one `Gate` (the lock and the bounded queue). Routes:
   are ignored: the grounding prompt is this server's.
 - `GET /v1/models`, `GET /v1/models/{id}`: the one model this server answers as.
 - `POST /v1/retrieve`: passages only, with scores and evidence, for callers with their own model.
-- `GET /health`: liveness and what the index holds; never needs the key.
+- `GET /health`: liveness and what the index holds; needs no API key, but does need the
+  login when the server has one.
+
+With `login=(user, password)` (`rag serve --auth`) every route, /health included, needs that
+login as HTTP Basic credentials, or the API key as a bearer token when there is one.
 
 Errors have OpenAI's shape, `{"error": {"message", "type", "param", "code"}}`.
 """
@@ -29,7 +33,7 @@ import anyio
 from fastapi import Depends, FastAPI, Request, Security
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBasic, HTTPBasicCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -162,6 +166,10 @@ class SourceOut(BaseModel):
     start: int = 0
     end: int = 0
     chunk_id: int = -1
+    withheld: list[str] = Field(
+        default_factory=list,
+        description="Sentences that read as instructions to the model, withheld from it.",
+    )
 
 
 class AssistantMessage(BaseModel):
@@ -428,7 +436,7 @@ def _replay(messages: list[Message], receive: Receive) -> Receive:
 
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     400: {"model": ErrorResponse, "description": "Invalid request: bad JSON, missing or invalid fields"},
-    401: {"model": ErrorResponse, "description": "Missing or wrong API key"},
+    401: {"model": ErrorResponse, "description": "Missing or wrong API key or login"},
     413: {"model": ErrorResponse, "description": "Request body too large"},
     500: {"model": ErrorResponse, "description": "Server error"},
 }
@@ -452,11 +460,14 @@ def create_app(
     source: RAG | Callable[[], RAG],
     *,
     api_key: str | None = None,
+    login: tuple[str, str] | None = None,
     model_id: str = MODEL_ID,
     max_body_bytes: int = MAX_BODY_BYTES,
 ) -> FastAPI:
     """The API over `source`: a `RAG`, or a function returning the current one (a UI that can
-    swap models hands its own). `api_key` defaults to the `api_key` setting; empty: no key."""
+    swap models hands its own). `api_key` defaults to the `api_key` setting; empty: no key.
+    `login`, the chat's user and password, is accepted as HTTP Basic credentials on every
+    route, so that a server started with a login is never open through its API."""
     if isinstance(source, RAG):
         fixed = source
 
@@ -475,31 +486,47 @@ def create_app(
         # Swagger UI and ReDoc load their scripts from a CDN: only the document is served.
         docs_url=None,
         redoc_url=None,
+        # A server with a login shows even its API document only to those who have it.
+        openapi_url=None if login else "/openapi.json",
     )
     app.add_middleware(BodyLimit, limit=max_body_bytes)
 
     bearer = HTTPBearer(auto_error=False, description="The key given to `rag serve --api-key`.")
+    basic = HTTPBasic(auto_error=False, description="The login given to `rag serve --auth`.")
 
-    def require_key(credentials: HTTPAuthorizationCredentials | None = Security(bearer)) -> None:  # noqa: B008
-        if credentials is None:
-            raise ApiError(
-                401,
-                "this server needs an API key: send `Authorization: Bearer KEY`",
-                type="authentication_error",
-                code="missing_api_key",
-                headers={"WWW-Authenticate": "Bearer"},
-            )
-        if not secrets.compare_digest(credentials.credentials.encode(), key.encode()):
-            raise ApiError(
-                401,
-                "the API key is not the one this server was started with",
-                type="authentication_error",
-                code="invalid_api_key",
-                headers={"WWW-Authenticate": "Bearer"},
-            )
+    def refuse(message: str, code: str) -> ApiError:
+        challenge = ("Bearer" if key else "") + (", " if key and login else "")
+        challenge += 'Basic realm="rag"' if login else ""
+        return ApiError(
+            401, message, type="authentication_error", code=code, headers={"WWW-Authenticate": challenge}
+        )
 
-    # Only a server with a key declares it, so the document says what the server does.
-    guarded = [Depends(require_key)] if key else []
+    def require_key(
+        token: HTTPAuthorizationCredentials | None = Security(bearer),  # noqa: B008
+        user: HTTPBasicCredentials | None = Security(basic),  # noqa: B008
+    ) -> None:
+        if key and token is not None:
+            if secrets.compare_digest(token.credentials.encode(), key.encode()):
+                return
+            raise refuse("the API key is not the one this server was started with", "invalid_api_key")
+        if login and user is not None:
+            # Both compared, always: the time taken says nothing about which one was wrong.
+            name_ok = secrets.compare_digest(user.username.encode(), login[0].encode())
+            password_ok = secrets.compare_digest(user.password.encode(), login[1].encode())
+            if name_ok and password_ok:
+                return
+            raise refuse("wrong user name or password", "invalid_login")
+        if not login:
+            raise refuse("this server needs an API key: send `Authorization: Bearer KEY`", "missing_api_key")
+        wanted = "the API key as `Authorization: Bearer KEY` or " if key else ""
+        raise refuse(
+            f"this server needs a login: send {wanted}its user and password as HTTP Basic", "missing_login"
+        )
+
+    # Only a server with credentials declares them, so the document says what the server does.
+    guarded = [Depends(require_key)] if key or login else []
+    # The login, not the key, guards /health: a probe needs no key, a locked server says nothing.
+    health_guard = guarded if login else []
 
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
@@ -533,7 +560,13 @@ def create_app(
                 param="model",
             )
 
-    @app.get("/health", response_model=Health, tags=["service"], responses={503: {"model": ErrorResponse}})
+    @app.get(
+        "/health",
+        response_model=Health,
+        dependencies=health_guard,
+        tags=["service"],
+        responses={503: {"model": ErrorResponse}, **({401: ERROR_RESPONSES[401]} if login else {})},
+    )
     def health() -> Health:
         r = current()
         try:
@@ -676,6 +709,12 @@ def create_app(
 
     unknown_route = app.router.routes[-1]
     _custom_openapi(app)
+    if login:
+
+        @app.get("/openapi.json", dependencies=guarded, include_in_schema=False)
+        def document() -> JSONResponse:
+            return JSONResponse(app.openapi())
+
     return app
 
 

@@ -92,6 +92,8 @@ class Settings:
         reranker: a sentence-transformers CrossEncoder name or path that re-orders the
             `rerank_pool` best passages; empty: no re-ranking.
         rerank_pool: passages the re-ranker scores per question.
+        guard: withhold from the model the passage sentences that read as instructions to
+            it (planted in articles); the sources still show them.
     """
 
     index: Path = Path("index")
@@ -123,6 +125,7 @@ class Settings:
     mmr: float = 1.0
     reranker: str = ""
     rerank_pool: int = 20
+    guard: bool = True
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "index", Path(self.index))

@@ -64,10 +64,13 @@ class Source:
     start: int = 0
     end: int = 0
     chunk_id: int = -1
+    # Sentences of `text` that read as instructions to the model: not shown to it.
+    withheld: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["evidence"] = list(self.evidence)
+        d["withheld"] = list(self.withheld)
         return d
 
 

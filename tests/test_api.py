@@ -94,13 +94,15 @@ def fake_rag(index: Path, generator: Any = None, **settings: Any) -> rag.RAG:
     return r
 
 
-def wait_until_up(proc: subprocess.Popen[str], url: str, seconds: float) -> None:
+def wait_until_up(
+    proc: subprocess.Popen[str], url: str, seconds: float, login: tuple[str, str] | None = None
+) -> None:
     """Wait for a `rag serve` subprocess to answer /health; fail with its output if it dies."""
     deadline = time.monotonic() + seconds
     while True:
         assert proc.poll() is None, proc.communicate()
         try:
-            if httpx.get(url + "health", timeout=2).status_code == 200:
+            if httpx.get(url + "health", auth=login, timeout=2).status_code == 200:
                 return
         except httpx.TransportError:
             pass
@@ -515,8 +517,11 @@ def test_ui_login_and_api_key_each_guard_their_half(tmp_path):
         browser = httpx.Client()
         assert browser.post(url + "login", data={"username": "user", "password": "secret"}).status_code == 200
         assert browser.get(url + "config").status_code == 200
-        # A UI session is no API key.
+        # A UI session is no API key; the login itself, as HTTP Basic, is.
         assert browser.get(url + "v1/models").status_code == 401
+        assert httpx.get(url + "v1/models", auth=("user", "secret")).status_code == 200
+        assert httpx.get(url + "health").status_code == 401
+        assert httpx.get(url + "health", headers=auth()).status_code == 200
         # /v1 never falls through to the UI: unknown routes and preflights get the API's answer.
         missing = httpx.get(url + "v1/nothing", headers=auth())
         assert missing.status_code == 404 and missing.json()["error"]["code"] == "not_found"
@@ -680,6 +685,34 @@ def test_rag_serve_no_ui_with_a_key_and_an_unreachable_engine(tmp_path, real_emb
 
 
 @pytest.mark.slow
+def test_login_alone_guards_the_api_too(tmp_path):
+    """`--auth` without `--api-key`: the API is not left open beside a locked chat."""
+    r = fake_rag(tmp_path / "index")
+    server, url = launch(r, auth=("user", "secret"))
+    try:
+        for path in ("health", "v1/models", "openapi.json"):
+            assert httpx.get(url + path).status_code == 401, path
+        assert "/v1/retrieve" in httpx.get(url + "openapi.json", auth=("user", "secret")).json()["paths"]
+        cases = [
+            (None, {}, "missing_login"),
+            (("user", "wrong"), {}, "invalid_login"),
+            (("someone", "secret"), {}, "invalid_login"),
+            (None, auth("secret"), "missing_login"),  # the password is no bearer key
+        ]
+        for login, headers, code in cases:
+            resp = httpx.post(url + "v1/retrieve", json={"query": QUESTION}, auth=login, headers=headers)
+            assert resp.status_code == 401, (login, headers)
+            error = resp.json()["error"]
+            assert error["code"] == code, (login, headers, error)
+            assert error["type"] == "authentication_error" and error["message"]
+            assert resp.headers["www-authenticate"] == 'Basic realm="rag"'
+        ok = httpx.post(url + "v1/retrieve", json={"query": QUESTION}, auth=("user", "secret"))
+        assert ok.status_code == 200 and ok.json()["data"]
+        assert httpx.get(url + "health", auth=("user", "secret")).json()["articles"] >= 1
+    finally:
+        server.close()
+
+
 def test_rag_serve_auth_refuses_the_chat_without_the_login(tmp_path, real_embedder):
     """`rag serve --auth USER:PASSWORD` end to end, as a user starts it (real models): every
     route of the chat, Gradio's API included, refuses a request without the login or with a
@@ -703,7 +736,7 @@ def test_rag_serve_auth_refuses_the_chat_without_the_login(tmp_path, real_embedd
     )
     url = f"http://127.0.0.1:{port}/"
     try:
-        wait_until_up(proc, url, 300)
+        wait_until_up(proc, url, 300, login=(user, password))
         ask_body = {"data": [QUESTION, 5, 0.0, 32]}
         refused = [
             ("GET", "config", None),
@@ -715,6 +748,11 @@ def test_rag_serve_auth_refuses_the_chat_without_the_login(tmp_path, real_embedd
             ("GET", "gradio_api/queue/data?session_hash=x1", None),
             ("POST", "gradio_api/upload", None),
             ("GET", f"gradio_api/file={SAMPLE}", None),
+            # The API beside the chat takes the same login.
+            ("GET", "health", None),
+            ("GET", "v1/models", None),
+            ("POST", "v1/retrieve", {"query": QUESTION}),
+            ("POST", "v1/chat/completions", {"messages": [{"role": "user", "content": QUESTION}]}),
         ]
         for method, path, body in refused:
             resp = httpx.request(method, url + path, json=body, timeout=30)
@@ -732,10 +770,14 @@ def test_rag_serve_auth_refuses_the_chat_without_the_login(tmp_path, real_embedd
         assert header.startswith("**1 article**") and len(table["data"]) == 1
         chat, *_ = client.predict(QUESTION, 5, 0.0, 48, api_name="/ask")
         assert "2 million" in answer_of(chat)
+        for login in (None, (user, "wrong")):
+            resp = httpx.post(url + "v1/retrieve", json={"query": QUESTION}, auth=login, timeout=30)
+            assert resp.status_code == 401 and "2 million" not in resp.text
+        resp = httpx.post(url + "v1/retrieve", json={"query": QUESTION}, auth=(user, password), timeout=60)
+        assert resp.status_code == 200 and "2 million" in resp.text
     finally:
         err = stop_server(proc)
-    # --auth guards the chat; the API beside it has its own key, and the command says so.
-    assert "the API under /v1 has no key" in err
+    assert "warning" not in err  # loopback, and locked: nothing to warn about
 
 
 # -- the OpenAPI document, fuzzed -----------------------------------------------------------------

@@ -65,6 +65,8 @@ CSS = """
 .rag-badge { font-size: 0.72em; font-weight: 600; padding: 0.05rem 0.4rem; border-radius: 999px;
   background: var(--color-accent-soft); color: var(--color-accent); margin-left: 0.35rem; }
 .rag-meta { font-size: 0.82em; color: var(--body-text-color-subdued); margin-top: 0.1rem; }
+.rag-withheld { font-size: 0.82em; margin-top: 0.3rem; padding: 0.2rem 0.4rem;
+  border-left: 3px solid #d97706; }
 .rag-passage { font-size: 0.92em; line-height: 1.45; margin-top: 0.35rem; }
 .rag-sources mark, .rag-article mark, .rag-chat-src mark {
   background: #fde68a; color: #1f2937; padding: 0 0.1em; border-radius: 2px; }
@@ -236,9 +238,20 @@ def sources_html(turns: list[Turn], index: int | None) -> str:
             f'<div class="rag-src-head"><span class="rag-n">[{s["n"]}]</span>'
             f"{_esc(s['title'] or '(untitled)')}{badge}</div>"
             f'<div class="rag-meta">{meta}</div>'
-            f'<div class="rag-passage">{highlight(s["text"], s["evidence"])}</div></div>'
+            f'<div class="rag-passage">{highlight(s["text"], s["evidence"])}</div>{_withheld(s)}</div>'
         )
     return f'<div class="rag-sources"><div class="rag-hint">{hint}</div>{"".join(cards)}</div>'
+
+
+def _withheld(source: dict[str, Any]) -> str:
+    withheld = source.get("withheld") or []
+    if not withheld:
+        return ""
+    quoted = " ".join(f"“{_esc(w[:160])}”" for w in withheld)
+    return (
+        f'<div class="rag-withheld">Not shown to the model: {len(withheld)} sentence'
+        f"{'s' if len(withheld) > 1 else ''} that read as instructions to an AI: {quoted}</div>"
+    )
 
 
 def _chat_sources(turn: Turn) -> str:
@@ -893,7 +906,7 @@ def build_server(
     the browser and one over the API wait for each other in the same queue."""
     from rag.server import create_app
 
-    app = create_app(rag_, api_key=api_key)
+    app = create_app(rag_, api_key=api_key, login=auth)
     if not ui:
         return app, None
     demo = build_app(rag_)

@@ -705,6 +705,7 @@ def bench_query(
     import numpy as np
 
     from . import prompt as P
+    from .guard import passages_for_model
     from .pipeline import RAG
     from .retrieval import evidence, search
 
@@ -751,7 +752,7 @@ def bench_query(
         r["retrieve_ms"] = (time.perf_counter() - t) * 1000
         t = time.perf_counter()
         messages, _ = P.build_messages(
-            q, [(s.title, s.text) for s in sources], generator, max_tokens=settings.max_tokens
+            q, passages_for_model(sources), generator, max_tokens=settings.max_tokens
         )
         prompt = generator.format(messages)
         r["prompt_ms"] = (time.perf_counter() - t) * 1000

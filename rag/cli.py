@@ -347,7 +347,7 @@ def chat(**kw: Any) -> None:
 @click.option(
     "--auth",
     metavar="USER:PASSWORD",
-    help="Require this login for the chat UI and the API (HTTP Basic on /v1 and /health).",
+    help="Require this login for the chat UI and the API (HTTP Basic on /v1, /health, /openapi.json).",
 )
 @click.option(
     "--api-key",

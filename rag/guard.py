@@ -8,7 +8,9 @@ it shows enough of their surface cues (addressing an AI, setting rules aside, na
 prompt, dictating the output, "every question", role labels), or a weaker set of cues next
 to another suspicious sentence. Thresholds were set so that none of the 2,833 sentences of
 the two evaluation corpora (news and Wikipedia) is withheld; see docs/evaluation.md for what
-it catches and misses. It is a filter in front of a small model, not a proof.
+it catches and misses. Text written to its reader in the second person (how-to guides, forms:
+"you must include your old passport and write your address") can read as instructions too
+and be withheld. It is a filter in front of a small model, not a proof.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from .chunking import split_sentences
+from .types import Source
 
 # Typical injections, one short sentence each; a sentence this close to one of them in the
 # embedder's space reads as an instruction to the model whatever its exact words.
@@ -48,7 +51,7 @@ EXEMPLARS = (
 )
 
 _CUES = {
-    "addressee": r"\b(?:AI|A\.I\.|assistants?|chat ?bots?|bots?|(?:language )?models?|LLMs?|GPT|"
+    "addressee": r"A\.I\.(?!\w)|\b(?:AI|assistants?|chat ?bots?|bots?|(?:language )?models?|LLMs?|GPT|"
     r"summari[sz]ers?|answer engines?|automated (?:readers?|systems?|tools?)|you|your|yourself)\b",
     "override": r"\b(?:ignore|disregard|forget|override|set aside|supersede[sd]?|obsolete|"
     r"no longer appl\w*|do(?:es)? not apply|instead of|from now on|"
@@ -79,50 +82,61 @@ def planted_instructions(
     texts: Sequence[str],
     encode: Callable[[Sequence[str]], np.ndarray],
     exemplars: np.ndarray,
-) -> list[tuple[str, ...]]:
-    """For each text, its sentences that read as instructions to the model. `encode` gives
-    normalised sentence vectors (the pipeline's cache, so the sentences already embedded
-    for evidence cost nothing); `exemplars` is `encode(EXEMPLARS)`."""
+) -> list[list[tuple[int, int]]]:
+    """For each text, the character spans of its sentences that read as instructions to the
+    model. `encode` gives normalised sentence vectors (the pipeline's cache, so sentences
+    already embedded for evidence cost nothing); `exemplars` is `encode(EXEMPLARS)`."""
     spans = [split_sentences(t) for t in texts]
     sentences = [t[s:e] for t, sp in zip(texts, spans, strict=True) for s, e in sp]
     if not sentences:
-        return [() for _ in texts]
+        return [[] for _ in texts]
     similarity = (encode(sentences) @ exemplars.T).max(axis=1)
-    out: list[tuple[str, ...]] = []
+    out: list[list[tuple[int, int]]] = []
     pos = 0
-    for sp in spans:
-        mine = sentences[pos : pos + len(sp)]
-        cues = [cue_kinds(s) for s in mine]
-        alone = [
-            c >= CUES_ALONE or float(v) >= SIMILARITY for c, v in zip(cues, similarity[pos:], strict=False)
-        ]
-        flagged = []
-        for i, s in enumerate(mine):
-            neighbours = [j for j in (i - 1, i + 1) if 0 <= j < len(mine)]
+    for text, sp in zip(texts, spans, strict=True):
+        near = similarity[pos : pos + len(sp)]
+        cues = [cue_kinds(text[s:e]) for s, e in sp]
+        alone = [c >= CUES_ALONE or float(v) >= SIMILARITY for c, v in zip(cues, near, strict=True)]
+        flagged: list[tuple[int, int]] = []
+        for i, (s, e) in enumerate(sp):
+            neighbours = [j for j in (i - 1, i + 1) if 0 <= j < len(sp)]
             in_run = cues[i] >= CUES_IN_A_RUN and any(
                 cues[j] >= CUES_IN_A_RUN or alone[j] for j in neighbours
             )
             if alone[i] or in_run:
-                flagged.append(_suspicious_part(s))
-        out.append(tuple(flagged))
+                flagged.append((s + _suspicious_start(text[s:e]), e))
+        out.append(flagged)
         pos += len(sp)
     return out
 
 
-def _suspicious_part(sentence: str) -> str:
-    """The sentence from its first suspicious clause on: the splitter does not end a sentence
-    before a lower-case word, so "...next month. forget your rules..." arrives as one, and
-    the fact before the payload should still reach the model."""
+def _suspicious_start(sentence: str) -> int:
+    """Where the payload starts inside a flagged sentence: the splitter does not end a
+    sentence before a lower-case word, so "...next month. forget your rules..." arrives as
+    one, and the fact before the payload should still reach the model. The clause with the
+    most cues starts it (the first of equals); one clause: the whole sentence."""
     starts = [0] + [m.end() for m in re.finditer(r"[.!?]\s+", sentence)]
-    for start in starts:
-        end = next((x for x in starts if x > start), len(sentence))
-        if cue_kinds(sentence[start:end]) >= 2:
-            return sentence[start:]
-    return sentence
+    ends = [*starts[1:], len(sentence)]
+    scores = [cue_kinds(sentence[a:b]) for a, b in zip(starts, ends, strict=True)]
+    return starts[scores.index(max(scores))]
 
 
-def withhold(text: str, sentences: Sequence[str]) -> str:
-    """`text` without those sentences."""
-    for s in sentences:
-        text = text.replace(s, " ", 1)
-    return re.sub(r"[ \t]{2,}", " ", text).strip()
+def mask(text: str, withheld: Sequence[str]) -> str:
+    """`text` with the withheld sentences blanked, every offset kept: sentences picked from
+    it are still sentences of `text`."""
+    for w in withheld:
+        text = text.replace(w, " " * len(w))
+    return text
+
+
+def withhold(text: str, withheld: Sequence[str]) -> str:
+    """`text` without the withheld sentences (each occurrence: the same words are the same
+    instruction), the spaces around each cut closed up; unchanged when there are none."""
+    for w in withheld:
+        text = re.sub(r"[ \t]*" + re.escape(w) + r"[ \t]*", " ", text)
+    return text
+
+
+def passages_for_model(sources: Sequence[Source]) -> list[tuple[str, str]]:
+    """(title, text) of each source as the model is given it."""
+    return [(s.title, withhold(s.text, s.withheld)) for s in sources]

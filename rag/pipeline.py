@@ -17,7 +17,7 @@ from .embedding import Embedder, Progress, load_cross_encoder
 from .errors import IndexNotFound, QuestionError, QuestionTooLong
 from .filters import Filters
 from .generation import Gate, Generator, LlamaCppGenerator, Message
-from .guard import EXEMPLARS, planted_instructions, withhold
+from .guard import EXEMPLARS, mask, passages_for_model, planted_instructions
 from .ingest import ingest as _ingest
 from .ingest import remove as _remove
 from .models import resolve_model
@@ -199,18 +199,16 @@ class RAG:
         if s.reranker:
             hits = rerank(self.cross_encoder, query, hits, k)
         texts = [r.text for r, _ in hits]
-        ev = evidence(self.encode_sentences, qvec, texts, per_text=self.settings.evidence_sentences)
-        withheld = [()] * len(texts)
+        spans: list[list[tuple[int, int]]] = [[] for _ in texts]
         if s.guard:
-            withheld = planted_instructions(texts, self.encode_sentences, self._exemplars())
-            for (r, _), w in zip(hits, withheld, strict=True):
-                if w:
-                    log.info(
-                        "passage of %s: %d sentence(s) read as instructions to the model; withheld: %r",
-                        r.article_id,
-                        len(w),
-                        w[0][:80],
-                    )
+            spans = planted_instructions(texts, self.encode_sentences, self._exemplars())
+        withheld = [tuple(t[a:b] for a, b in sp) for t, sp in zip(texts, spans, strict=True)]
+        for (r, _), w in zip(hits, withheld, strict=True):
+            if w:
+                log.info("passage of %s: withheld from the model as instructions to it: %r", r.article_id, w)
+        # A withheld sentence is no evidence, however close to the question it is.
+        masked = [mask(t, w) for t, w in zip(texts, withheld, strict=True)]
+        ev = evidence(self.encode_sentences, qvec, masked, per_text=self.settings.evidence_sentences)
         return [
             Source(
                 n=n,
@@ -219,8 +217,7 @@ class RAG:
                 url=r.url,
                 date=r.date,
                 text=r.text,
-                # A withheld sentence is no evidence, however close to the question it is.
-                evidence=tuple(x for x in e if x not in w),
+                evidence=e,
                 score=round(score, 4),
                 source=r.source,
                 author=r.author,
@@ -378,7 +375,7 @@ class AnswerStream:
         gen = self.rag.generator
         messages, used = P.build_messages(
             self.query,
-            [(s.title, withhold(s.text, s.withheld)) for s in self.sources],
+            passages_for_model(self.sources),
             gen,
             max_tokens=self.max_tokens,
         )
@@ -412,11 +409,8 @@ class AnswerStream:
         cited = set(P.citations(self.text)) if found else set()
         evidence = [s.evidence for s in self.sources]
         if found and self.sources:
-            evidence = self.rag.answer_evidence(self.query, self.text, [s.text for s in self.sources])
-            evidence = [
-                tuple(x for x in e if x not in s.withheld)
-                for s, e in zip(self.sources, evidence, strict=True)
-            ]
+            masked = [mask(s.text, s.withheld) for s in self.sources]
+            evidence = self.rag.answer_evidence(self.query, self.text, masked)
         sources = tuple(
             Source(**{**s.__dict__, "cited": s.n in cited, "evidence": e})
             for s, e in zip(self.sources, evidence, strict=True)

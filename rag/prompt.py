@@ -25,7 +25,6 @@ _CONTROL = re.compile(
 )
 _END = re.compile(r"[.!?][\"'”’)\]]*$")
 _CITATION = re.compile(r"\[(\d{1,3}(?:\s*[,;]\s*\d{1,3})*)\]")
-_SPACED_CITATION = re.compile(r"(\s*)\[(\d{1,3}(?:\s*[,;]\s*\d{1,3})*)\]")
 _NOT_FOUND = re.compile(
     r"\b(?:articles?|passages?|context|texts?|sources?|documents?)\s+(?:provided\s+)?"
     r"(?:do(?:es)?\s+not|don't|doesn't)\s+(?:say|contain|mention|provide|include|state|specify)"
@@ -140,8 +139,10 @@ def citations(answer: str) -> list[int]:
     return seen
 
 
-# What may still grow into a citation at the end of a streamed piece: spaces, then "[", digits...
-_OPEN_TAIL = re.compile(r"\s*(?:\[[\d,;\s]{0,12})?$")
+# What may still grow into a citation, or be one whose next character decides the spacing,
+# at the end of a streamed piece: spaces, then "[", digits, separators, maybe the "]".
+_OPEN_TAIL = re.compile(r"[ \t]*(?:\[\d{0,3}(?:\s*[,;]\s*\d{0,3})*\]?)?$")
+_SPACED_CITATION = re.compile(r"([ \t]*)\[(\d{1,3}(?:\s*[,;]\s*\d{1,3})*)\]")
 
 
 class CitationCheck:
@@ -154,26 +155,37 @@ class CitationCheck:
         self.passages = passages
         self.dropped: list[int] = []
         self._held = ""
+        self._after = ""
 
     def feed(self, piece: str) -> str:
         text = self._held + piece
         tail = _OPEN_TAIL.search(text)
         cut = tail.start() if tail else len(text)
         self._held = text[cut:]
-        return self._clean(text[:cut])
+        return self._clean(text[:cut], after=self._held[:1])
 
     def flush(self) -> str:
         text, self._held = self._held, ""
-        return self._clean(text)
+        return self._clean(text, after="")
 
-    def _clean(self, text: str) -> str:
+    def _clean(self, text: str, *, after: str) -> str:
+        # feed() holds back a complete citation at the end of what it has, so a match here
+        # is followed by its next character, in `text` or the first one held back (or is the
+        # answer's very end): that decides whether the spaces before a dropped one stay.
+        self._after = after
         return _SPACED_CITATION.sub(self._keep, text)
 
     def _keep(self, m: re.Match[str]) -> str:
         numbers = [int(part) for part in re.split(r"[,;]", m.group(2))]
         valid = [n for n in numbers if 1 <= n <= self.passages]
+        if len(valid) == len(numbers):
+            return m.group(0)
         self.dropped += [n for n in numbers if n not in valid]
-        return f"{m.group(1)}[{', '.join(map(str, valid))}]" if valid else ""
+        if valid:
+            return f"{m.group(1)}[{', '.join(map(str, valid))}]"
+        after = m.string[m.end() : m.end() + 1] or self._after
+        # "fact [9]." -> "fact."; "x [9][1] y" -> "x [1] y"; "[9] Starts" -> " Starts".
+        return m.group(1) if after and (after.isalnum() or after in "[(\"'“‘") else ""
 
 
 def is_refusal(answer: str) -> bool:

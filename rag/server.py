@@ -21,6 +21,8 @@ Errors have OpenAI's shape, `{"error": {"message", "type", "param", "code"}}`.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 import logging
 import secrets
@@ -33,14 +35,15 @@ import anyio
 from fastapi import Depends, FastAPI, Request, Security
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBasic, HTTPBasicCredentials, HTTPBearer
+from fastapi.security import HTTPBasic, HTTPBearer
+from fastapi.security.base import SecurityBase
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from .errors import Busy, FilterError, ModelError, QuestionError, QuestionTooLong, RagError
+from .errors import Busy, ConfigError, FilterError, ModelError, QuestionError, QuestionTooLong, RagError
 from .filters import Filters
 from .generation import BackendError
 from .pipeline import RAG, AnswerStream
@@ -456,6 +459,17 @@ STREAM_DOC = (
 )
 
 
+class _Declared(SecurityBase):
+    """A security scheme named in the OpenAPI document that checks nothing itself."""
+
+    def __init__(self, scheme: HTTPBearer | HTTPBasic) -> None:
+        self.model = scheme.model
+        self.scheme_name = scheme.scheme_name
+
+    async def __call__(self, request: Request) -> None:
+        return None
+
+
 def create_app(
     source: RAG | Callable[[], RAG],
     *,
@@ -477,6 +491,8 @@ def create_app(
     else:
         current = source
     key = current().settings.api_key if api_key is None else api_key
+    if login is not None and not (login[0] and login[1]):
+        raise ConfigError("the login needs a user name and a password, e.g. --auth reader:s3cret")
     started = int(time.time())
 
     app = FastAPI(
@@ -491,28 +507,31 @@ def create_app(
     )
     app.add_middleware(BodyLimit, limit=max_body_bytes)
 
-    bearer = HTTPBearer(auto_error=False, description="The key given to `rag serve --api-key`.")
-    basic = HTTPBasic(auto_error=False, description="The login given to `rag serve --auth`.")
+    challenges = [*(["Bearer"] if key else []), *(['Basic realm="rag", charset="UTF-8"'] if login else [])]
 
     def refuse(message: str, code: str) -> ApiError:
-        challenge = ("Bearer" if key else "") + (", " if key and login else "")
-        challenge += 'Basic realm="rag"' if login else ""
-        return ApiError(
-            401, message, type="authentication_error", code=code, headers={"WWW-Authenticate": challenge}
-        )
+        headers = {"WWW-Authenticate": ", ".join(challenges)}
+        return ApiError(401, message, type="authentication_error", code=code, headers=headers)
 
-    def require_key(
-        token: HTTPAuthorizationCredentials | None = Security(bearer),  # noqa: B008
-        user: HTTPBasicCredentials | None = Security(basic),  # noqa: B008
-    ) -> None:
-        if key and token is not None:
-            if secrets.compare_digest(token.credentials.encode(), key.encode()):
+    def check_credentials(request: Request) -> None:
+        # Read by hand, not by FastAPI's HTTPBasic: it answers a malformed header with its own
+        # error shape and decodes only ASCII, and RFC 7617 logins are UTF-8.
+        scheme, _, value = request.headers.get("authorization", "").strip().partition(" ")
+        scheme, value = scheme.lower(), value.strip()
+        if key and scheme == "bearer":
+            if secrets.compare_digest(value.encode(), key.encode()):
                 return
             raise refuse("the API key is not the one this server was started with", "invalid_api_key")
-        if login and user is not None:
+        if login and scheme == "basic":
+            try:
+                user, sep, password = base64.b64decode(value, validate=True).decode("utf-8").partition(":")
+            except (binascii.Error, UnicodeDecodeError):
+                user, sep, password = "", "", ""
+            if not sep:
+                raise refuse("the login is not HTTP Basic: send base64 of USER:PASSWORD", "invalid_login")
             # Both compared, always: the time taken says nothing about which one was wrong.
-            name_ok = secrets.compare_digest(user.username.encode(), login[0].encode())
-            password_ok = secrets.compare_digest(user.password.encode(), login[1].encode())
+            name_ok = secrets.compare_digest(user.encode(), login[0].encode())
+            password_ok = secrets.compare_digest(password.encode(), login[1].encode())
             if name_ok and password_ok:
                 return
             raise refuse("wrong user name or password", "invalid_login")
@@ -523,10 +542,16 @@ def create_app(
             f"this server needs a login: send {wanted}its user and password as HTTP Basic", "missing_login"
         )
 
-    # Only a server with credentials declares them, so the document says what the server does.
-    guarded = [Depends(require_key)] if key or login else []
-    # The login, not the key, guards /health: a probe needs no key, a locked server says nothing.
-    health_guard = guarded if login else []
+    # The schemes are declared so that the document says what this server accepts (either one);
+    # check_credentials does the checking.
+    schemes: list[Any] = [
+        *([_Declared(HTTPBearer(description="The key given to `rag serve --api-key`."))] if key else []),
+        *([_Declared(HTTPBasic(description="The login given to `rag serve --auth`."))] if login else []),
+    ]
+    guarded = [Depends(check_credentials), *(Security(s) for s in schemes)] if schemes else []
+    # A server with a login says nothing without it, /health included; with only a key,
+    # /health stays open to probes.
+    locked = guarded if login else []
 
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
@@ -563,7 +588,7 @@ def create_app(
     @app.get(
         "/health",
         response_model=Health,
-        dependencies=health_guard,
+        dependencies=locked,
         tags=["service"],
         responses={503: {"model": ErrorResponse}, **({401: ERROR_RESPONSES[401]} if login else {})},
     )
@@ -688,7 +713,7 @@ def create_app(
         assert stream.answer is not None
         return reply.completion(stream.answer)
 
-    @app.api_route("/v1/{rest:path}", methods=list(ALL_METHODS), include_in_schema=False)
+    @app.api_route("/v1/{rest:path}", methods=list(ALL_METHODS), dependencies=locked, include_in_schema=False)
     async def unknown(rest: str, request: Request) -> None:
         # Without this, whatever /v1 does not route falls through to the UI mounted at /,
         # and a CORS preflight to the API would be answered by Gradio's CORS rules.

@@ -3,6 +3,7 @@ the official `openai` client for answers, plain HTTP (httpx) for the errors."""
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import signal
@@ -22,7 +23,7 @@ import pytest
 import rag
 from rag.errors import ModelError
 from rag.generation import BackendError, Prompt
-from rag.server import ChatCompletionChunk
+from rag.server import ChatCompletionChunk, create_app
 from ui.app import launch
 
 from .conftest import ROOT, SAMPLE, FakeEmbedder
@@ -508,7 +509,7 @@ def test_filters_restrict_retrieve_and_chat(tmp_path):
         server.close()
 
 
-def test_ui_login_and_api_key_each_guard_their_half(tmp_path):
+def test_ui_login_and_api_key_both_open_the_api(tmp_path):
     r = fake_rag(tmp_path / "index")
     server, url = launch(r, auth=("user", "secret"), api_key=KEY)
     try:
@@ -525,12 +526,18 @@ def test_ui_login_and_api_key_each_guard_their_half(tmp_path):
         # /v1 never falls through to the UI: unknown routes and preflights get the API's answer.
         missing = httpx.get(url + "v1/nothing", headers=auth())
         assert missing.status_code == 404 and missing.json()["error"]["code"] == "not_found"
-        preflight = httpx.options(
-            url + "v1/chat/completions",
-            headers={"Origin": "http://localhost:9999", "Access-Control-Request-Method": "POST"},
-        )
+        cors = {"Origin": "http://localhost:9999", "Access-Control-Request-Method": "POST"}
+        preflight = httpx.options(url + "v1/chat/completions", headers=cors)
+        assert preflight.status_code == 401  # a locked server answers nothing without credentials
+        assert "access-control-allow-origin" not in preflight.headers
+        preflight = httpx.options(url + "v1/chat/completions", headers={**cors, **auth()})
         assert preflight.status_code == 405
         assert "access-control-allow-origin" not in preflight.headers
+        doc = httpx.get(url + "openapi.json", headers=auth()).json()
+        schemes = sorted(s["scheme"] for s in doc["components"]["securitySchemes"].values())
+        assert schemes == ["basic", "bearer"]
+        # Either one opens a route: OpenAPI lists alternatives as separate requirements.
+        assert len(doc["paths"]["/v1/models"]["get"]["security"]) == 2
     finally:
         server.close()
 
@@ -684,35 +691,52 @@ def test_rag_serve_no_ui_with_a_key_and_an_unreachable_engine(tmp_path, real_emb
     assert "cannot reach the generation server" in err
 
 
-@pytest.mark.slow
 def test_login_alone_guards_the_api_too(tmp_path):
     """`--auth` without `--api-key`: the API is not left open beside a locked chat."""
     r = fake_rag(tmp_path / "index")
-    server, url = launch(r, auth=("user", "secret"))
+    user, password = "lecteur", "mot-de-passe-é"  # RFC 7617: a login is UTF-8
+    server, url = launch(r, auth=(user, password))
     try:
-        for path in ("health", "v1/models", "openapi.json"):
+        for path in ("health", "v1/models", "openapi.json", "v1/nothing"):
             assert httpx.get(url + path).status_code == 401, path
-        assert "/v1/retrieve" in httpx.get(url + "openapi.json", auth=("user", "secret")).json()["paths"]
+        doc = httpx.get(url + "openapi.json", headers={"Authorization": _basic(user, password)}).json()
+        assert "/v1/retrieve" in doc["paths"]
+        # The document names the one way in this server takes.
+        assert [s["scheme"] for s in doc["components"]["securitySchemes"].values()] == ["basic"]
         cases = [
-            (None, {}, "missing_login"),
-            (("user", "wrong"), {}, "invalid_login"),
-            (("someone", "secret"), {}, "invalid_login"),
-            (None, auth("secret"), "missing_login"),  # the password is no bearer key
+            ({}, "missing_login"),
+            ({"Authorization": _basic(user, "wrong")}, "invalid_login"),
+            ({"Authorization": _basic("someone", password)}, "invalid_login"),
+            ({"Authorization": f"Bearer {password}".encode()}, "missing_login"),  # the password is no key
+            ({"Authorization": "Basic !!!"}, "invalid_login"),
+            ({"Authorization": "Basic"}, "invalid_login"),
+            ({"Authorization": "Basic " + base64.b64encode(b"no colon").decode()}, "invalid_login"),
+            ({"Authorization": "Basic " + base64.b64encode(b"\xff\xfe:x").decode()}, "invalid_login"),
         ]
-        for login, headers, code in cases:
-            resp = httpx.post(url + "v1/retrieve", json={"query": QUESTION}, auth=login, headers=headers)
-            assert resp.status_code == 401, (login, headers)
+        for headers, code in cases:
+            resp = httpx.post(url + "v1/retrieve", json={"query": QUESTION}, headers=headers)
+            assert resp.status_code == 401, headers
             error = resp.json()["error"]
-            assert error["code"] == code, (login, headers, error)
+            assert error["code"] == code, (headers, error)
             assert error["type"] == "authentication_error" and error["message"]
-            assert resp.headers["www-authenticate"] == 'Basic realm="rag"'
-        ok = httpx.post(url + "v1/retrieve", json={"query": QUESTION}, auth=("user", "secret"))
+            assert resp.headers["www-authenticate"] == 'Basic realm="rag", charset="UTF-8"'
+        ok = httpx.post(
+            url + "v1/retrieve", json={"query": QUESTION}, headers={"Authorization": _basic(user, password)}
+        )
         assert ok.status_code == 200 and ok.json()["data"]
-        assert httpx.get(url + "health", auth=("user", "secret")).json()["articles"] >= 1
+        health = httpx.get(url + "health", headers={"Authorization": _basic(user, password)})
+        assert health.json()["articles"] >= 1
     finally:
         server.close()
+    with pytest.raises(rag.ConfigError, match="user name and a password"):
+        create_app(r, login=("user", ""))
 
 
+def _basic(user: str, password: str) -> str:
+    return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+
+
+@pytest.mark.slow
 def test_rag_serve_auth_refuses_the_chat_without_the_login(tmp_path, real_embedder):
     """`rag serve --auth USER:PASSWORD` end to end, as a user starts it (real models): every
     route of the chat, Gradio's API included, refuses a request without the login or with a

@@ -553,7 +553,8 @@ def test_error_mid_stream_reaches_the_client_as_an_error_event(tmp_path):
                 model="rag", messages=[{"role": "user", "content": QUESTION}], stream=True
             ):
                 pieces += [chunk.choices[0].delta.content or ""] if chunk.choices else []
-        assert "".join(pieces) == "Russia could sell "
+        # The space after it was held back (it could have preceded a citation) when the error came.
+        assert "".join(pieces) == "Russia could sell"
         assert not r.gate.busy
     finally:
         server.close()

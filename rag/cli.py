@@ -411,19 +411,8 @@ def serve(host: str, port: int, auth: str | None, no_ui: bool, **kw: Any) -> Non
 @cli.command(name="eval")
 @click.option("--articles", type=click.Path(exists=True, dir_okay=False, path_type=Path), required=True)
 @click.option("--qa", type=click.Path(exists=True, dir_okay=False, path_type=Path), required=True)
-@_settings_options(
-    "index",
-    "embedder",
-    "model",
-    "n_ctx",
-    "threads",
-    "temperature",
-    "max_tokens",
-    "min_score",
-    "mmr",
-    "reranker",
-    "guard",
-)
+# Its own -k (an eval setting, not the index's default), and no GPU or file-size flags.
+@_settings_options(*(n for n in SETTING_NAMES if n not in ("top_k", "n_gpu_layers", "max_file_mb")))
 @click.option("-k", "k", type=int, default=5, show_default=True, help="Passages per question.")
 @click.option("--limit", type=int, help="Evaluate a random sample of N questions.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of that sample.")

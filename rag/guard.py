@@ -114,11 +114,15 @@ def _suspicious_start(sentence: str) -> int:
     """Where the payload starts inside a flagged sentence: the splitter does not end a
     sentence before a lower-case word, so "...next month. forget your rules..." arrives as
     one, and the fact before the payload should still reach the model. The clause with the
-    most cues starts it (the first of equals); one clause: the whole sentence."""
+    most cues (the first of equals) and the suspicious clauses right before it start it; one
+    clause: the whole sentence."""
     starts = [0] + [m.end() for m in re.finditer(r"[.!?]\s+", sentence)]
     ends = [*starts[1:], len(sentence)]
     scores = [cue_kinds(sentence[a:b]) for a, b in zip(starts, ends, strict=True)]
-    return starts[scores.index(max(scores))]
+    first = scores.index(max(scores))
+    while first > 0 and scores[first - 1] >= 2:
+        first -= 1
+    return starts[first]
 
 
 def mask(text: str, withheld: Sequence[str]) -> str:

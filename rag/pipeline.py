@@ -383,19 +383,28 @@ class AnswerStream:
         prompt = gen.format(messages)
         first_ms = 0.0
         check = P.CitationCheck(used)
-        with self.rag.gate.hold():
-            for piece in gen.stream(
-                prompt,
-                max_tokens=self.max_tokens,
-                temperature=self.temperature,
-                seed=self.rag.settings.seed,
-            ):
-                if not first_ms:
-                    first_ms = (time.perf_counter() - self._t0) * 1000
-                piece = check.feed(piece)
-                if piece:
-                    self.text += piece
-                    yield piece
+        try:
+            with self.rag.gate.hold():
+                for piece in gen.stream(
+                    prompt,
+                    max_tokens=self.max_tokens,
+                    temperature=self.temperature,
+                    seed=self.rag.settings.seed,
+                ):
+                    if not first_ms:
+                        first_ms = (time.perf_counter() - self._t0) * 1000
+                    piece = check.feed(piece)
+                    if piece:
+                        self.text += piece
+                        yield piece
+        except Exception:
+            # The engine failed mid-answer: what it had said, held back or not, still goes out
+            # before the error does.
+            rest = check.flush()
+            if rest:
+                self.text += rest
+                yield rest
+            raise
         rest = check.flush()
         if rest:
             self.text += rest

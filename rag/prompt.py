@@ -139,17 +139,21 @@ def citations(answer: str) -> list[int]:
     return seen
 
 
-# What may still grow into a citation, or be one whose next character decides the spacing,
-# at the end of a streamed piece: spaces, then "[", digits, separators, maybe the "]".
-_OPEN_TAIL = re.compile(r"[ \t]*(?:\[\d{0,3}(?:\s*[,;]\s*\d{0,3})*\]?)?$")
+_WHOLE = r"\[\d{1,3}(?:\s*[,;]\s*\d{1,3})*\]"
+# Every separator is followed by digits, so no two parts can match the same characters:
+# matching stays linear whatever the model writes (no catastrophic backtracking).
+_PART = r"\[\d{0,3}(?:\s*[,;]\s*\d{1,3})*\s*(?:[,;]\s*)?"
+# What may still grow into a citation, or be citations whose next character decides the
+# spacing, at the end of a streamed piece: spaces, whole citations, the start of one.
+_OPEN_TAIL = re.compile(rf"[ \t]*(?:{_WHOLE}[ \t]*)*(?:{_PART})?$")
 _SPACED_CITATION = re.compile(r"([ \t]*)\[(\d{1,3}(?:\s*[,;]\s*\d{1,3})*)\]")
 
 
 class CitationCheck:
     """Keeps only citations of passages the model was given, as the answer streams: an
     article that tells the model to cite "passage [9]" gets no [9] into the answer. `feed`
-    each piece and send what it returns; `flush` at the end. Text that could still become a
-    citation (a trailing "[1" or the spaces before it) waits for the next piece."""
+    each piece and send what it returns; `flush` at the end. Citations and spaces at the end
+    of what has come, and the start of one ("[1"), wait for the next piece."""
 
     def __init__(self, passages: int) -> None:
         self.passages = passages
@@ -175,15 +179,22 @@ class CitationCheck:
         self._after = after
         return _SPACED_CITATION.sub(self._keep, text)
 
+    def _valid(self, numbers: str) -> list[int]:
+        return [n for n in map(int, re.split(r"[,;]", numbers)) if 1 <= n <= self.passages]
+
     def _keep(self, m: re.Match[str]) -> str:
         numbers = [int(part) for part in re.split(r"[,;]", m.group(2))]
-        valid = [n for n in numbers if 1 <= n <= self.passages]
+        valid = self._valid(m.group(2))
         if len(valid) == len(numbers):
             return m.group(0)
         self.dropped += [n for n in numbers if n not in valid]
         if valid:
             return f"{m.group(1)}[{', '.join(map(str, valid))}]"
-        after = m.string[m.end() : m.end() + 1] or self._after
+        # What follows once the dropped citations right after this one are gone too.
+        pos = m.end()
+        while (nxt := _SPACED_CITATION.match(m.string, pos)) and not self._valid(nxt.group(2)):
+            pos = nxt.end()
+        after = m.string[pos : pos + 1] or self._after
         # "fact [9]." -> "fact."; "x [9][1] y" -> "x [1] y"; "[9] Starts" -> " Starts".
         return m.group(1) if after and (after.isalnum() or after in "[(\"'“‘") else ""
 

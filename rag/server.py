@@ -10,8 +10,8 @@ share one `RAG`: one model, one `Gate` (the lock and the bounded queue). Routes:
   are ignored: the grounding prompt is this server's.
 - `GET /v1/models`, `GET /v1/models/{id}`: the one model this server answers as.
 - `POST /v1/retrieve`: passages only, with scores and evidence, for callers with their own model.
-- `GET /health`: liveness and what the index holds; needs no API key, but does need the
-  login when the server has one.
+- `GET /health`: liveness and what the index holds; open with an API key alone, but under
+  a login it needs the login or the key.
 
 With `login=(user, password)` (`rag serve --auth`) every route, /health included, needs that
 login as HTTP Basic credentials, or the API key as a bearer token when there is one.
@@ -22,7 +22,6 @@ Errors have OpenAI's shape, `{"error": {"message", "type", "param", "code"}}`.
 from __future__ import annotations
 
 import base64
-import binascii
 import json
 import logging
 import secrets
@@ -491,6 +490,8 @@ def create_app(
     else:
         current = source
     key = current().settings.api_key if api_key is None else api_key
+    if key != key.strip():
+        raise ConfigError("the API key starts or ends with spaces, which a header cannot carry; remove them")
     if login is not None and not (login[0] and login[1]):
         raise ConfigError("the login needs a user name and a password, e.g. --auth reader:s3cret")
     started = int(time.time())
@@ -519,13 +520,14 @@ def create_app(
         scheme, _, value = request.headers.get("authorization", "").strip().partition(" ")
         scheme, value = scheme.lower(), value.strip()
         if key and scheme == "bearer":
-            if secrets.compare_digest(value.encode(), key.encode()):
+            # Starlette reads header bytes as latin-1: compare bytes, so a UTF-8 key matches.
+            if secrets.compare_digest(value.encode("latin-1"), key.encode()):
                 return
             raise refuse("the API key is not the one this server was started with", "invalid_api_key")
         if login and scheme == "basic":
             try:
                 user, sep, password = base64.b64decode(value, validate=True).decode("utf-8").partition(":")
-            except (binascii.Error, UnicodeDecodeError):
+            except ValueError:  # not base64 (binascii.Error), not ASCII, or not UTF-8
                 user, sep, password = "", "", ""
             if not sep:
                 raise refuse("the login is not HTTP Basic: send base64 of USER:PASSWORD", "invalid_login")

@@ -553,8 +553,7 @@ def test_error_mid_stream_reaches_the_client_as_an_error_event(tmp_path):
                 model="rag", messages=[{"role": "user", "content": QUESTION}], stream=True
             ):
                 pieces += [chunk.choices[0].delta.content or ""] if chunk.choices else []
-        # The space after it was held back (it could have preceded a citation) when the error came.
-        assert "".join(pieces) == "Russia could sell"
+        assert "".join(pieces) == "Russia could sell "
         assert not r.gate.busy
     finally:
         server.close()
@@ -713,6 +712,7 @@ def test_login_alone_guards_the_api_too(tmp_path):
             ({"Authorization": "Basic"}, "invalid_login"),
             ({"Authorization": "Basic " + base64.b64encode(b"no colon").decode()}, "invalid_login"),
             ({"Authorization": "Basic " + base64.b64encode(b"\xff\xfe:x").decode()}, "invalid_login"),
+            ({"Authorization": b"Basic \xe9\xe9\xe9\xe9"}, "invalid_login"),  # not even ASCII
         ]
         for headers, code in cases:
             resp = httpx.post(url + "v1/retrieve", json={"query": QUESTION}, headers=headers)
@@ -731,6 +731,21 @@ def test_login_alone_guards_the_api_too(tmp_path):
         server.close()
     with pytest.raises(rag.ConfigError, match="user name and a password"):
         create_app(r, login=("user", ""))
+    with pytest.raises(rag.ConfigError, match="starts or ends with spaces"):
+        create_app(r, api_key=" key")
+
+
+def test_a_non_ascii_api_key_works_as_sent_in_utf8(tmp_path):
+    r = fake_rag(tmp_path / "index")
+    key = "clé-ключ"
+    server, url = launch(r, ui=False, api_key=key)
+    try:
+        sent = httpx.get(url + "v1/models", headers={"Authorization": f"Bearer {key}".encode()})
+        assert sent.status_code == 200
+        wrong = httpx.get(url + "v1/models", headers={"Authorization": b"Bearer cle"})
+        assert wrong.status_code == 401 and wrong.json()["error"]["code"] == "invalid_api_key"
+    finally:
+        server.close()
 
 
 def _basic(user: str, password: str) -> str:

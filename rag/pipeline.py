@@ -383,6 +383,7 @@ class AnswerStream:
         prompt = gen.format(messages)
         first_ms = 0.0
         check = P.CitationCheck(used)
+        failed: Exception | None = None
         try:
             with self.rag.gate.hold():
                 for piece in gen.stream(
@@ -397,18 +398,16 @@ class AnswerStream:
                     if piece:
                         self.text += piece
                         yield piece
-        except Exception:
+        except Exception as e:
             # The engine failed mid-answer: what it had said, held back or not, still goes out
             # before the error does.
-            rest = check.flush()
-            if rest:
-                self.text += rest
-                yield rest
-            raise
+            failed = e
         rest = check.flush()
         if rest:
             self.text += rest
             yield rest
+        if failed is not None:
+            raise failed
         if check.dropped:
             log.warning("answer cited passages it was not given: %s (removed)", sorted(set(check.dropped)))
         self.text = self.text.strip()

@@ -24,7 +24,9 @@ _CONTROL = re.compile(
     r"<\|[^|<>\n]{1,40}\|>|</?s>|<(?:start|end)_of_turn>|\[/?INST\]|<</?SYS>>|<bos>|<eos>|<pad>"
 )
 _END = re.compile(r"[.!?][\"'”’)\]]*$")
-_CITATION = re.compile(r"\[(\d{1,3}(?:\s*[,;]\s*\d{1,3})*)\]")
+# The numbers inside one citation, "3" or "1, 2; 4": the one grammar every pattern below uses.
+_NUMBERS = r"\d{1,3}(?:\s*[,;]\s*\d{1,3})*"
+_CITATION = re.compile(rf"\[({_NUMBERS})\]")
 _NOT_FOUND = re.compile(
     r"\b(?:articles?|passages?|context|texts?|sources?|documents?)\s+(?:provided\s+)?"
     r"(?:do(?:es)?\s+not|don't|doesn't)\s+(?:say|contain|mention|provide|include|state|specify)"
@@ -132,21 +134,24 @@ def citations(answer: str) -> list[int]:
     """Passage numbers cited as [n] or [n, m], in order of first appearance."""
     seen: list[int] = []
     for m in _CITATION.finditer(answer):
-        for part in re.split(r"[,;]", m.group(1)):
-            n = int(part)
+        for n in _numbers(m.group(1)):
             if n not in seen:
                 seen.append(n)
     return seen
 
 
-_WHOLE = r"\[\d{1,3}(?:\s*[,;]\s*\d{1,3})*\]"
+def _numbers(inside: str) -> list[int]:
+    return [int(part) for part in re.split(r"[,;]", inside)]
+
+
+_WHOLE = rf"\[{_NUMBERS}\]"
 # Every separator is followed by digits, so no two parts can match the same characters:
 # matching stays linear whatever the model writes (no catastrophic backtracking).
 _PART = r"\[\d{0,3}(?:\s*[,;]\s*\d{1,3})*\s*(?:[,;]\s*)?"
 # What may still grow into a citation, or be citations whose next character decides the
 # spacing, at the end of a streamed piece: spaces, whole citations, the start of one.
 _OPEN_TAIL = re.compile(rf"[ \t]*(?:{_WHOLE}[ \t]*)*(?:{_PART})?$")
-_SPACED_CITATION = re.compile(r"([ \t]*)\[(\d{1,3}(?:\s*[,;]\s*\d{1,3})*)\]")
+_SPACED_CITATION = re.compile(rf"([ \t]*)\[({_NUMBERS})\]")
 
 
 class CitationCheck:
@@ -179,11 +184,11 @@ class CitationCheck:
         self._after = after
         return _SPACED_CITATION.sub(self._keep, text)
 
-    def _valid(self, numbers: str) -> list[int]:
-        return [n for n in map(int, re.split(r"[,;]", numbers)) if 1 <= n <= self.passages]
+    def _valid(self, inside: str) -> list[int]:
+        return [n for n in _numbers(inside) if 1 <= n <= self.passages]
 
     def _keep(self, m: re.Match[str]) -> str:
-        numbers = [int(part) for part in re.split(r"[,;]", m.group(2))]
+        numbers = _numbers(m.group(2))
         valid = self._valid(m.group(2))
         if len(valid) == len(numbers):
             return m.group(0)

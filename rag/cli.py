@@ -44,7 +44,24 @@ def _settings_options(*names: str) -> Callable[[F], F]:
         "min_score": click.option(
             "--min-score",
             type=float,
-            help="Refuse when no passage's cosine reaches this [env RAG_MIN_SCORE].",
+            help="Refuse before the model when no passage's cosine reaches this [env RAG_MIN_SCORE].",
+        ),
+        "min_answerability": click.option(
+            "--min-answerability",
+            type=float,
+            help="Refuse before the model below this answerability, 0-1 (default 0.3; 0: off) "
+            "[env RAG_MIN_ANSWERABILITY].",
+        ),
+        "verify": click.option(
+            "--verify/--no-verify",
+            default=None,
+            help="Check the answer against the passages and withdraw it when they do not support it "
+            "(default on).",
+        ),
+        "min_support": click.option(
+            "--min-support",
+            type=float,
+            help="Share of the answer's and the question's words a passage window must hold (default 0.35).",
         ),
         "mmr": click.option("--mmr", type=float, help="MMR weight for diverse passages (1: off)."),
         "reranker": click.option(
@@ -128,6 +145,9 @@ SETTING_NAMES = (
     "temperature",
     "max_tokens",
     "min_score",
+    "min_answerability",
+    "verify",
+    "min_support",
     "mmr",
     "reranker",
     "guard",
@@ -262,6 +282,16 @@ def recover(**kw: Any) -> None:
     click.echo(f"{settings.index} now serves {gen}")
 
 
+def _print_outcome(answer: Any) -> None:
+    """After the streamed text: a withdrawn answer is marked as such, and replaced."""
+    if answer.outcome == "unsupported":
+        check = answer.support.partition(":")[2].strip()
+        click.echo(f"(withdrawn: the passages do not support that answer, {check})")
+        click.echo(answer.answer)
+    elif not answer.found:
+        click.echo("(the articles do not hold the answer)")
+
+
 def _print_sources(answer: Any) -> None:
     if not answer.sources:
         return
@@ -301,8 +331,7 @@ def ask(question: str, as_json: bool, **kw: Any) -> None:
         click.echo(json.dumps(answer.to_dict(), ensure_ascii=False))
         return
     click.echo()
-    if not answer.found:
-        click.echo("(the articles do not hold the answer)")
+    _print_outcome(answer)
     _print_sources(answer)
 
 
@@ -337,6 +366,7 @@ def chat(**kw: Any) -> None:
         for piece in stream:
             click.echo(piece, nl=False)
         click.echo()
+        _print_outcome(stream.answer)
         _print_sources(stream.answer)
 
 
@@ -421,7 +451,7 @@ def serve(host: str, port: int, auth: str | None, no_ui: bool, **kw: Any) -> Non
 @click.option(
     "--gate-plot",
     type=click.Path(dir_okay=False, path_type=Path),
-    help="Plot what min_score thresholds would refuse (needs matplotlib).",
+    help="Plot what min_answerability thresholds would refuse (needs matplotlib).",
 )
 @_handle_errors
 def eval_(
@@ -463,14 +493,14 @@ def eval_(
         index=str(settings.index),
     )
     for key, value in result["metrics"].items():
-        click.echo(f"{key:20} {'-' if value is None else value}")
+        click.echo(f"{key:30} {'-' if value is None else value}")
     if result["settings"]["unanswerable"] and result["settings"]["answerable"]:
         rows = gate_tradeoff(result["records"], GATE_THRESHOLDS)
         result["gate"] = rows
-        click.echo("\nmin_score gate  refusal_accuracy  false_refusal_rate")
+        click.echo("\nmin_answerability  refusal_accuracy  false_refusal_rate")
         for row in rows:
-            t, right, wrong = row["min_score"], row["refusal_accuracy"], row["false_refusal_rate"]
-            click.echo(f"{t:14.2f}  {right:16.3f}  {wrong:18.3f}")
+            t, right, wrong = row["threshold"], row["refusal_accuracy"], row["false_refusal_rate"]
+            click.echo(f"{t:17.2f}  {right:16.3f}  {wrong:18.3f}")
         if gate_plot is not None:
             plot_tradeoff({qa.parent.name: rows}, gate_plot)
             click.echo(f"plot written to {gate_plot}")

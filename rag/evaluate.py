@@ -26,14 +26,27 @@ METRIC_KEYS = (
     "f1",
     "refusal_accuracy",
     "false_refusal_rate",
+    "refusal_accuracy_gate",
+    "refusal_accuracy_gate_model",
+    "false_refusal_rate_gate",
+    "false_refusal_rate_gate_model",
+    "withdrawn_right",
+    "withdrawn_wrong",
+    "containment_unverified",
     "p50_s",
     "p95_s",
     "tokens_per_s",
 )
 
-# min_score values a trade-off table shows: cosine similarities of MiniLM, where related
-# passages score about 0.3 to 0.7.
+# Thresholds a gate trade-off table shows: answerability (and MiniLM cosines) of related
+# passages run about 0.3 to 0.8.
 GATE_THRESHOLDS = tuple(round(0.05 * i, 2) for i in range(0, 17))
+
+# Which refusals each cumulative stage of the refusal path counts, by `Answer.support`.
+STAGES = {
+    "gate": ("gate",),
+    "gate_model": ("gate", "model"),
+}
 
 _PUNCT = set(string.punctuation) | {"“", "”", "‘", "’", "–", "—"}
 
@@ -108,23 +121,36 @@ def evaluate(
 ) -> dict[str, Any]:
     """Ask every question through `rag` (a `rag.RAG`); returns {"metrics", "records"}."""
     records: list[dict[str, Any]] = []
-    hits = rr = cont = f1s = 0.0
+    hits = rr = cont = f1s = cont_unverified = 0.0
     answerable = unanswerable = refused_right = refused_wrong = 0
+    withdrawn_right = withdrawn_wrong = 0
+    stage_right = dict.fromkeys(STAGES, 0)
+    stage_wrong = dict.fromkeys(STAGES, 0)
     seconds: list[float] = []
     tps: list[float] = []
     for i, q in enumerate(questions, start=1):
         t0 = time.perf_counter()
         if retrieval_only:
             sources = rag.retrieve(q.question, k=k)
-            record: dict[str, Any] = {"query": q.question, "sources": [s.to_dict() for s in sources]}
+            record: dict[str, Any] = {
+                "query": q.question,
+                "sources": [s.to_dict() for s in sources],
+                "answerability": rag.answerability(q.question, sources).score,
+            }
             found = True
-            answer_text = ""
+            answer_text = draft = ""
+            support = "supported"
+            withdrawn = False
         else:
             answer = rag.ask(q.question, k=k)
             sources = list(answer.sources)
             record = answer.to_dict()
             found = answer.found
             answer_text = answer.answer if found else ""
+            # What the model said before verification withdrew it, if it did.
+            draft = answer.draft or answer_text
+            withdrawn = bool(answer.draft)
+            support = answer.support.split(":")[0]
             if answer.timings.tokens_per_s:
                 tps.append(answer.timings.tokens_per_s)
         seconds.append(time.perf_counter() - t0)
@@ -136,10 +162,19 @@ def evaluate(
             if not retrieval_only:
                 cont += contains(answer_text, q.answers)
                 f1s += f1(answer_text, q.answers)
+                cont_unverified += contains(draft, q.answers)
                 refused_wrong += not found
+                if withdrawn:
+                    right = contains(draft, q.answers)
+                    withdrawn_right += right
+                    withdrawn_wrong += not right
+                for stage, kinds in STAGES.items():
+                    stage_wrong[stage] += support in kinds
         else:
             unanswerable += 1
             refused_right += not found
+            for stage, kinds in STAGES.items():
+                stage_right[stage] += support in kinds
         record.update(
             id=q.id,
             question=q.question,
@@ -147,6 +182,7 @@ def evaluate(
             answerable=q.answerable,
             retrieved_rank=rank,
             top_score=max((s.score for s in sources), default=0.0),
+            answerability=record.get("answerability", 0.0),
         )
         records.append(record)
         if progress:
@@ -163,6 +199,18 @@ def evaluate(
         "f1": ratio(f1s, answerable) if generated else None,
         "refusal_accuracy": ratio(refused_right, unanswerable) if generated else None,
         "false_refusal_rate": ratio(refused_wrong, answerable) if generated else None,
+        **{
+            f"refusal_accuracy_{stage}": ratio(stage_right[stage], unanswerable) if generated else None
+            for stage in STAGES
+        },
+        **{
+            f"false_refusal_rate_{stage}": ratio(stage_wrong[stage], answerable) if generated else None
+            for stage in STAGES
+        },
+        # Answerable questions whose answer verification withdrew: right and wrong drafts.
+        "withdrawn_right": withdrawn_right if generated and answerable else None,
+        "withdrawn_wrong": withdrawn_wrong if generated and answerable else None,
+        "containment_unverified": ratio(cont_unverified, answerable) if generated else None,
         "p50_s": round(percentile(seconds, 0.5), 3),
         "p95_s": round(percentile(seconds, 0.95), 3),
         "tokens_per_s": round(sum(tps) / len(tps), 1) if tps else None,
@@ -180,15 +228,20 @@ def evaluate(
     }
 
 
-def gate_tradeoff(records: Sequence[dict[str, Any]], thresholds: Sequence[float]) -> list[dict[str, float]]:
-    """What a `min_score` gate would do to these records: for each threshold, the share of
-    unanswerable questions refused and of answerable ones refused by mistake. A record
-    already refused by the model stays refused; retrieval-only records count as answered."""
+def gate_tradeoff(
+    records: Sequence[dict[str, Any]], thresholds: Sequence[float], *, key: str = "answerability"
+) -> list[dict[str, float]]:
+    """What a gate on `key` (`answerability` for `min_answerability`, `top_score` for
+    `min_score`) would do to these records: for each threshold, the share of unanswerable
+    questions refused and of answerable ones refused by mistake. A record refused for
+    another reason stays refused; retrieval-only records count as answered. Records gated at
+    the threshold they ran with tell nothing of lower thresholds: run with the gate off
+    (`--min-answerability 0`) to draw the whole curve."""
     rows = []
     for t in thresholds:
         right = wrong = n_un = n_ans = 0
         for r in records:
-            refused = r["top_score"] < t or r.get("found") is False
+            refused = r[key] < t or r.get("found") is False
             if r["answerable"]:
                 n_ans += 1
                 wrong += refused
@@ -197,7 +250,7 @@ def gate_tradeoff(records: Sequence[dict[str, Any]], thresholds: Sequence[float]
                 right += refused
         rows.append(
             {
-                "min_score": round(float(t), 3),
+                "threshold": round(float(t), 3),
                 "refusal_accuracy": round(right / n_un, 4) if n_un else float("nan"),
                 "false_refusal_rate": round(wrong / n_ans, 4) if n_ans else float("nan"),
             }
@@ -208,7 +261,7 @@ def gate_tradeoff(records: Sequence[dict[str, Any]], thresholds: Sequence[float]
 def choose_threshold(rows: Sequence[dict[str, float]], *, max_false: float = 0.2) -> dict[str, float]:
     """The row refusing the most unanswerable questions with false refusals <= `max_false`."""
     ok = [r for r in rows if r["false_refusal_rate"] <= max_false]
-    return max(ok, key=lambda r: (r["refusal_accuracy"], -r["min_score"])) if ok else rows[0]
+    return max(ok, key=lambda r: (r["refusal_accuracy"], -r["threshold"])) if ok else rows[0]
 
 
 def plot_tradeoff(series: dict[str, Sequence[dict[str, float]]], path: str | Path) -> None:
@@ -236,7 +289,7 @@ def plot_tradeoff(series: dict[str, Sequence[dict[str, float]]], path: str | Pat
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1)
     ax.legend(loc="lower right", fontsize=8)
-    ax.set_title("min_score gate: top passage cosine", fontsize=10)
+    ax.set_title("the gate before the model", fontsize=10)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)

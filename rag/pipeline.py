@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from . import prompt as P
+from . import support as S
 from .embedding import Embedder, Progress, load_cross_encoder
 from .errors import IndexNotFound, QuestionError, QuestionTooLong
 from .filters import Filters
@@ -24,7 +25,7 @@ from .models import resolve_model
 from .retrieval import evidence, rerank, search
 from .settings import Settings
 from .store import CURRENT, Snapshot
-from .types import Answer, ArticleInfo, IngestReport, Source, Timings
+from .types import GATE, MODEL, SUPPORTED, UNSUPPORTED, Answer, ArticleInfo, IngestReport, Source, Timings
 
 log = logging.getLogger(__name__)
 
@@ -229,6 +230,18 @@ class RAG:
             for n, ((r, score), e, w) in enumerate(zip(hits, ev, withheld, strict=True), start=1)
         ]
 
+    def answerability(self, query: str, sources: Sequence[Source]) -> S.Answerability:
+        """The gate's evidence that `sources` (from `retrieve`) hold the answer to `query`."""
+        snap = self.snapshot()
+        if not sources or snap is None:
+            return S.Answerability(0.0, 0.0, 0.0)
+        return S.answerability(
+            query,
+            [(x.title, mask(x.text, x.withheld)) for x in sources],
+            [x.score for x in sources],
+            S.index_rarity(snap),
+        )
+
     def _exemplars(self) -> Any:
         with self._load_lock:
             if self._exemplar_vectors is None:
@@ -356,20 +369,26 @@ class AnswerStream:
         self.max_tokens = max_tokens
         self.answer: Answer | None = None
         self.text = ""
+        # The model's text when verification withdrew it; the gate's evidence.
+        self.draft = ""
+        self.evidence = S.Answerability(0.0, 0.0, 0.0)
         self.on_done: Callable[[Answer, str], None] | None = None
 
     def __iter__(self) -> Iterator[str]:
-        weak = bool(self.sources) and max(s.score for s in self.sources) < self.rag.settings.min_score
-        if not self.sources or weak:
+        s = self.rag.settings
+        snap = self.rag.snapshot()
+        ev = self.evidence = self.rag.answerability(self.query, self.sources)
+        if not self.sources or ev.cosine < s.min_score or ev.score < s.min_answerability:
             # Evidence too weak to answer from: say so without spending the model's time.
-            if self.rag.snapshot() is None:
+            if snap is None:
                 msg = EMPTY_INDEX
             elif not self.sources and self.filters is not None and self.filters.active:
                 msg = NO_MATCH.format(self.filters.describe())
             else:
                 msg = P.REFUSAL
+                log.info("refused before the model: %s for %r", ev, self.query)
             self.text = msg
-            self._finish(found=False, first_ms=0.0, prompt_tokens=0)
+            self._finish(support=GATE, first_ms=0.0, prompt_tokens=0)
             yield msg
             return
         gen = self.rag.generator
@@ -411,10 +430,31 @@ class AnswerStream:
         if check.dropped:
             log.warning("answer cited passages it was not given: %s (removed)", sorted(set(check.dropped)))
         self.text = self.text.strip()
-        self._finish(found=not P.is_refusal(self.text), first_ms=first_ms, prompt_tokens=len(prompt.tokens))
+        support = MODEL if P.is_refusal(self.text) else SUPPORTED
+        if support == SUPPORTED and s.verify and snap is not None:
+            support = self._verify(snap)
+        self._finish(support=support, first_ms=first_ms, prompt_tokens=len(prompt.tokens))
 
-    def _finish(self, *, found: bool, first_ms: float, prompt_tokens: int) -> None:
-        cited = set(P.citations(self.text)) if found else set()
+    def _verify(self, snap: Snapshot) -> str:
+        """`supported`, or `unsupported: <check>` with the answer withdrawn: the model's text
+        moves to `draft`, and the answer says what the closest passage does say."""
+        passages = [(x.n, x.title, mask(x.text, x.withheld)) for x in self.sources]
+        verdict = S.verify(
+            self.query, self.text, passages, S.index_rarity(snap), min_support=self.rag.settings.min_support
+        )
+        if verdict.supported:
+            return SUPPORTED
+        log.info("answer withdrawn (%s): %r", verdict.check, self.text)
+        self.draft, self.text = self.text, P.REFUSAL
+        closest = self.sources[0] if self.sources else None
+        if closest is not None and closest.evidence:
+            self.text += f" The closest passage says: “{closest.evidence[0]}” [{closest.n}]"
+        return f"{UNSUPPORTED}: {verdict.check}"
+
+    def _finish(self, *, support: str, first_ms: float, prompt_tokens: int) -> None:
+        found = support == SUPPORTED
+        # A withdrawn answer cites the closest passage it quotes.
+        cited = set(P.citations(self.text)) if found or self.draft else set()
         evidence = [s.evidence for s in self.sources]
         if found and self.sources:
             masked = [mask(s.text, s.withheld) for s in self.sources]
@@ -424,13 +464,16 @@ class AnswerStream:
             for s, e in zip(self.sources, evidence, strict=True)
         )
         total_ms = (time.perf_counter() - self._t0) * 1000
-        completion = self.rag.generator.count_tokens(self.text) if prompt_tokens else 0
+        completion = self.rag.generator.count_tokens(self.draft or self.text) if prompt_tokens else 0
         gen_s = (total_ms - first_ms) / 1000 if first_ms else 0.0
         self.answer = Answer(
             answer=self.text,
             found=found,
             query=self.query,
             sources=sources,
+            support=support,
+            draft=self.draft,
+            answerability=self.evidence.score,
             timings=Timings(
                 retrieve_ms=round(self.retrieve_ms, 1),
                 first_token_ms=round(first_ms, 1),

@@ -5,8 +5,10 @@ share one `RAG`: one model, one `Gate` (the lock and the bounded queue). Routes:
 
 - `POST /v1/chat/completions`: the last user message is the question, earlier user and
   assistant messages the conversation (a follow-up is rewritten into a standalone query).
-  The reply is the cited answer; `sources` (as in `Answer.to_dict()`), `found` and `query`
-  travel as extra fields, in the final chunk when streaming. The caller's system messages
+  The reply is the cited answer; `sources` (as in `Answer.to_dict()`), `found`, `support`
+  and `query` travel as extra fields, in the final chunk when streaming. A streamed answer
+  that verification withdraws ends with a chunk saying so (`withdrawn`) and carrying the
+  `answer` to show instead. The caller's system messages
   are ignored: the grounding prompt is this server's.
 - `GET /v1/models`, `GET /v1/models/{id}`: the one model this server answers as.
 - `POST /v1/retrieve`: passages only, with scores and evidence, for callers with their own model.
@@ -191,6 +193,14 @@ class Usage(BaseModel):
     total_tokens: int
 
 
+SUPPORT_DOC = (
+    "Why the answer stands or not: `supported` (checked against the passages), `gate` (refused "
+    "before the model: the passages are too far from the question), `model` (the model said the "
+    "articles do not hold it), `unsupported: <check>` (the model's answer failed verification and "
+    "was replaced by what the closest passage says)."
+)
+
+
 class ChatCompletion(BaseModel):
     id: str
     object: Literal["chat.completion"] = "chat.completion"
@@ -200,6 +210,7 @@ class ChatCompletion(BaseModel):
     usage: Usage
     sources: list[SourceOut] = Field(description="The passages behind the answer; `cited` marks those cited.")
     found: bool = Field(description="False when the articles do not hold the answer.")
+    support: str = Field(description=SUPPORT_DOC)
     query: str = Field(description="What was searched: the question, or its standalone rewrite.")
 
 
@@ -216,7 +227,8 @@ class ChunkChoice(BaseModel):
 
 class ChatCompletionChunk(BaseModel):
     """One server-sent event of a streamed answer; the last one with a `finish_reason` also
-    carries `sources`, `found` and `query`."""
+    carries `sources`, `found`, `support` and `query`, and, when verification withdrew the
+    streamed text, `withdrawn: true` and the `answer` to show in its place."""
 
     id: str
     object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
@@ -225,7 +237,12 @@ class ChatCompletionChunk(BaseModel):
     choices: list[ChunkChoice]
     sources: list[SourceOut] | None = None
     found: bool | None = None
+    support: str | None = Field(None, description=SUPPORT_DOC)
     query: str | None = None
+    withdrawn: bool | None = Field(
+        None, description="True when the streamed text was withdrawn: show `answer` instead."
+    )
+    answer: str | None = Field(None, description="The answer replacing the withdrawn text.")
     usage: Usage | None = None
 
 
@@ -453,7 +470,8 @@ MODEL_RESPONSES: dict[int | str, dict[str, Any]] = {
 STREAM_DOC = (
     "With `stream: true`, server-sent events: `data: {chat.completion.chunk}` lines, the first "
     "with `delta.role`, then `delta.content` pieces; the last chunk has `finish_reason` and the "
-    "extra fields `sources`, `found` and `query`; then `data: [DONE]`. An error after the first "
+    "extra fields `sources`, `found`, `support` and `query` (and `withdrawn` with the `answer` to "
+    "show when verification withdrew the streamed text); then `data: [DONE]`. An error after the first "
     'event arrives as `data: {"error": {...}}`.'
 )
 
@@ -809,6 +827,7 @@ class Reply:
             usage=self._usage(answer),
             sources=[SourceOut(**s) for s in d["sources"]],
             found=answer.found,
+            support=answer.support,
             query=answer.query,
         )
 
@@ -835,12 +854,16 @@ class Reply:
             answer = stream.answer
             assert answer is not None
             d = answer.to_dict()
+            # Text already sent that verification then withdrew: the last chunk says so.
+            withdrawn = {"withdrawn": True, "answer": answer.answer} if answer.draft else {}
             yield self._chunk(
                 {},
                 self._finish_reason(answer),
                 sources=d["sources"],
                 found=answer.found,
+                support=answer.support,
                 query=answer.query,
+                **withdrawn,
             )
             if usage:
                 tail = {

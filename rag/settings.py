@@ -25,6 +25,7 @@ ENV_VARS: dict[str, str] = {
     "api_key": "RAG_API_KEY",
     "reranker": "RAG_RERANKER",
     "min_score": "RAG_MIN_SCORE",
+    "min_answerability": "RAG_MIN_ANSWERABILITY",
     "ann_threshold": "RAG_ANN_THRESHOLD",
 }
 
@@ -86,7 +87,14 @@ class Settings:
         ann_threshold: vectors from which the index switches from exact search to an
             approximate IVF index (rebuilt from the stored vectors at the commit that crosses it).
         min_score: refuse without calling the model when no passage's cosine similarity to
-            the question reaches this (0 disables the gate).
+            the question reaches this (0: no cosine floor of its own).
+        min_answerability: refuse without calling the model when the question's
+            answerability (the best cosine and the rarity-weighted share of the question's
+            words one passage holds, combined: `rag.support`) is below this (0: off).
+        verify: check the model's answer against the passages it was given, and withdraw it
+            ("The articles do not say") when they do not support it.
+        min_support: the share, by rarity, of the answer's new words and of the question's
+            words that one or two adjacent sentences of a passage must hold for `verify`.
         mmr: maximal marginal relevance weight; 1 keeps the relevance order, lower values
             trade relevance for passages unlike those already chosen.
         reranker: a sentence-transformers CrossEncoder name or path that re-orders the
@@ -122,6 +130,9 @@ class Settings:
     api_key: str = field(default="", repr=False)
     ann_threshold: int = 20_000
     min_score: float = 0.0
+    min_answerability: float = 0.3
+    verify: bool = True
+    min_support: float = 0.35
     mmr: float = 1.0
     reranker: str = ""
     rerank_pool: int = 20
@@ -152,6 +163,10 @@ class Settings:
             )
         if self.temperature < 0:
             raise ConfigError(f"temperature must be >= 0, got {self.temperature!r}")
+        for name in ("min_answerability", "min_support"):
+            value = getattr(self, name)
+            if not 0.0 <= value <= 1.0:
+                raise ConfigError(f"{name} must be between 0 and 1 (0: off), got {value!r}")
         if not 0.0 < self.mmr <= 1.0:
             raise ConfigError(f"mmr must be above 0 and at most 1 (1: off), got {self.mmr!r}")
         if self.max_file_mb <= 0:

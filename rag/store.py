@@ -35,6 +35,7 @@ import platform
 import re
 import shutil
 import sqlite3
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -67,7 +68,11 @@ ANN_TARGET_RECALL = 0.97
 ANN_RETRAIN_GROWTH = 4
 _NPROBES = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512)
 
-_SCHEMA = """
+# The keyword index's tokenizer: the lexical evidence of `rag.support` reads text through
+# the same one (`terms`), so both count the same words.
+TOKENIZER = "porter unicode61 remove_diacritics 2"
+
+_SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS articles (
     id TEXT PRIMARY KEY, title TEXT, date TEXT, url TEXT, author TEXT, source TEXT,
     path TEXT, hash TEXT NOT NULL, text TEXT NOT NULL, added_at REAL NOT NULL
@@ -79,12 +84,12 @@ CREATE TABLE IF NOT EXISTS chunks (
 CREATE INDEX IF NOT EXISTS chunks_article ON chunks(article_id);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE VIRTUAL TABLE IF NOT EXISTS chunks_fts USING fts5(
-    text, tokenize = 'porter unicode61 remove_diacritics 2'
+    text, tokenize = '{TOKENIZER}'
 );
 """
 
 # Words too common to help a keyword match; the dense side still sees them.
-_STOPWORDS = frozenset(
+STOPWORDS = frozenset(
     """a an and are as at be been but by can could did do does for from had has have he her his
     how i if in into is it its may me might my not of on or our she should so than that the their
     them then there these they this those to us was we were what when where which who whom whose
@@ -97,9 +102,33 @@ def keyword_query(text: str) -> str:
     """An FTS5 OR-query of the distinct non-stopword words of `text` (quoted: no syntax)."""
     words: list[str] = []
     for w in _WORD.findall(text.lower()):
-        if w not in _STOPWORDS and w not in words:
+        if w not in STOPWORDS and w not in words:
             words.append(w)
     return " OR ".join(f'"{w}"' for w in words[:64])
+
+
+_tokenizer = threading.local()
+
+
+def terms(texts: Sequence[str]) -> list[list[str]]:
+    """Each text as the keyword index's terms, in order (lower case, stemmed, no diacritics):
+    FTS5 itself tokenises them, in a private in-memory table, so a word counts here exactly
+    when the keyword search would match it."""
+    db = getattr(_tokenizer, "db", None)
+    if db is None:
+        db = _tokenizer.db = sqlite3.connect(":memory:")
+        db.execute(f"CREATE VIRTUAL TABLE t USING fts5(text, tokenize = '{TOKENIZER}')")
+        db.execute("CREATE VIRTUAL TABLE v USING fts5vocab(t, instance)")
+    out: list[list[str]] = [[] for _ in texts]
+    with db:
+        db.executemany("INSERT INTO t(rowid, text) VALUES (?, ?)", enumerate(texts))
+        for term, doc in db.execute("SELECT term, doc FROM v ORDER BY doc, offset"):
+            out[doc].append(term)
+        db.execute("DELETE FROM t")
+    return out
+
+
+STOP_TERMS = frozenset(t for ts in terms(sorted(STOPWORDS)) for t in ts)
 
 
 @dataclass(frozen=True)
@@ -376,6 +405,8 @@ class Snapshot:
         # check_same_thread=False: the UI searches from worker threads; the file is immutable.
         self.db = sqlite3.connect(uri, uri=True, check_same_thread=False)
         n_chunks = self.db.execute("SELECT COUNT(*) FROM chunks").fetchone()[0]
+        # The keyword index's term counts, for rarity weights (temp: the file stays untouched).
+        self.db.execute("CREATE VIRTUAL TABLE temp.vocab USING fts5vocab(main, chunks_fts, row)")
         if n_chunks != self.index.ntotal:
             raise IndexCorrupt(
                 f"{folder}: {self.index.ntotal} vectors but {n_chunks} chunks; {_recover_hint(root)}"
@@ -459,6 +490,16 @@ class Snapshot:
             (match, *args, k),
         ).fetchall()
         return [(int(i), -float(s)) for i, s in rows]
+
+    def document_frequencies(self, words: Sequence[str]) -> dict[str, int]:
+        """How many chunks hold each of these terms (as `terms` makes them); 0 if none."""
+        wanted = sorted(set(words))
+        rows = self.db.execute(
+            "SELECT term, doc FROM temp.vocab WHERE term IN (SELECT value FROM json_each(?))",
+            (json.dumps(wanted),),
+        ).fetchall()
+        found = dict(rows)
+        return {w: int(found.get(w, 0)) for w in wanted}
 
     def filter_chunks(self, filters: Filters) -> list[int]:
         """The chunk ids of the articles that pass `filters`."""

@@ -84,27 +84,52 @@ class Timings:
     tokens_per_s: float = 0.0
 
 
+SUPPORTED = "supported"
+GATE = "gate"
+MODEL = "model"
+UNSUPPORTED = "unsupported"
+
+
 @dataclass(frozen=True)
 class Answer:
-    """The result of a question: the text, whether the articles held it, and its sources."""
+    """The result of a question: the text, whether the articles held it, and its sources.
+
+    `support` says why: `supported` (the answer was checked against the passages), `gate`
+    (the passages were too far from the question to ask the model), `model` (the model said
+    the articles do not hold it) or `unsupported: <check>` (the model answered, the check
+    failed, and `answer` says so instead; the model's text is kept in `draft`).
+    `answerability` is the gate's score for the question (see `rag.support`)."""
 
     answer: str
     found: bool
     query: str
     sources: tuple[Source, ...] = ()
     timings: Timings = field(default_factory=Timings)
+    support: str = SUPPORTED
+    draft: str = ""
+    answerability: float = 0.0
 
     @property
     def cited_sources(self) -> tuple[Source, ...]:
         return tuple(s for s in self.sources if s.cited)
 
+    @property
+    def outcome(self) -> str:
+        """`found`, `unsupported` (the model's answer was withdrawn) or `refused`."""
+        if self.found:
+            return "found"
+        return UNSUPPORTED if self.support.startswith(UNSUPPORTED) else "refused"
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "answer": self.answer,
             "found": self.found,
+            "support": self.support,
             "query": self.query,
             "sources": [s.to_dict() for s in self.sources],
             "timings": asdict(self.timings),
+            "draft": self.draft,
+            "answerability": self.answerability,
         }
 
 

@@ -198,6 +198,48 @@ def test_streamed_answer_ends_with_its_sources(client):
     assert chunks[-1].choices == [] and chunks[-1].usage is not None
 
 
+# The bundled model answers this from the 2 million tons sentence, which names no year: the
+# answer is withdrawn once it has streamed.
+UNSUPPORTED = "How much aluminum did Russia sell to China in 2019?"
+
+
+@pytest.mark.slow
+def test_a_streamed_answer_withdrawn_by_verification_says_so_in_the_last_chunk(client):
+    chunks = list(
+        client.chat.completions.create(
+            model="rag", messages=[{"role": "user", "content": UNSUPPORTED}], stream=True, temperature=0
+        )
+    )
+    streamed = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    final = next(c for c in chunks if c.choices and c.choices[0].finish_reason)
+    extra = final.model_extra or {}
+    assert "2019" in streamed  # the model's claim went out as it was written...
+    assert extra["withdrawn"] is True and extra["found"] is False  # ...and is withdrawn
+    assert extra["support"] == "unsupported: other numbers"
+    assert extra["answer"].startswith("The articles do not say. The closest passage says: “")
+    assert "2019" not in extra["answer"]
+    # Nothing but the last chunk carries the withdrawal.
+    assert not any((c.model_extra or {}).get("withdrawn") for c in chunks if c is not final)
+
+
+def test_a_withdrawn_answer_is_replaced_in_the_reply(tmp_path):
+    made_up = CannedGenerator(("Russia could sell ", "about 9 million tons ", "of aluminum to Mongolia [1]."))
+    r = fake_rag(tmp_path / "index", made_up)
+    server, url = launch(r, ui=False)
+    try:
+        body = {"messages": [{"role": "user", "content": QUESTION}]}
+        resp = httpx.post(url + "v1/chat/completions", json=body).json()
+        assert resp["found"] is False and resp["support"] == "unsupported: not in the passages"
+        content = resp["choices"][0]["message"]["content"]
+        assert content.startswith("The articles do not say.") and "Mongolia" not in content
+        # A supported answer says so.
+        r._generator = CannedGenerator()
+        resp = httpx.post(url + "v1/chat/completions", json=body).json()
+        assert resp["found"] is True and resp["support"] == "supported"
+    finally:
+        server.close()
+
+
 @pytest.mark.slow
 def test_follow_up_is_rewritten_from_the_history(client):
     first = client.chat.completions.create(

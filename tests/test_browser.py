@@ -142,3 +142,31 @@ def test_chat_streams_cites_and_opens_the_source(url):
         if urlparse(u).scheme not in ("data", "blob") and urlparse(u).hostname not in LOOPBACK
     ]
     assert outside == [], f"the page reached beyond loopback: {outside}"
+
+
+def test_an_answer_withdrawn_by_verification_is_replaced_in_the_bubble(url):
+    """The claim streams in as the model writes it; once the passages are found not to
+    support it, the bubble shows the withdrawal and what the closest passage says instead."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.goto(url)
+            box = page.locator("#question textarea")
+            box.wait_for()
+            page.evaluate(WATCH_ANSWER, ANSWER)
+            # The bundled model answers from a sentence that names no year (see test_api).
+            box.fill("How much aluminum did Russia sell to China in 2019?")
+            box.press("Enter")
+            page.locator(f"{ANSWER} .rag-outcome").wait_for(timeout=240_000)
+            bubble = page.locator(ANSWER)
+            final = bubble.inner_text().strip()
+            assert bubble.locator(".rag-outcome.unsupported").inner_text() == "withdrawn"
+            assert "not supported by them (other numbers)" in final
+            assert "The articles do not say. The closest passage says:" in final and "2019" not in final
+            seen = page.evaluate("() => window.__answers")
+            assert any("2019" in t for t in seen[:-1]), seen  # the claim had been on screen
+        finally:
+            browser.close()

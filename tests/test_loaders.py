@@ -10,7 +10,7 @@ from rag.errors import ConfigError, InputError
 from rag.loaders import iter_articles, parse_field_overrides
 from rag.types import Article
 
-from .conftest import SHARED
+from .conftest import shared
 from .helpers import make_pdf
 
 
@@ -100,9 +100,7 @@ def test_field_override(tmp_path):
 
 @pytest.mark.parametrize("name", ["squad-dev", "rgb-news"])
 def test_shared_eval_articles_ingest_as_they_are(name):
-    path = SHARED / "eval" / name / "articles.jsonl"
-    if not path.exists():
-        pytest.skip(f"{path} not present")
+    path = shared("eval", name, "articles.jsonl")
     arts, errs = load(path)
     assert not errs
     assert len(arts) == sum(1 for line in path.open() if line.strip())

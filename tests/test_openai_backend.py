@@ -25,7 +25,7 @@ from rag.generation import BackendError, OpenAIGenerator, estimate_tokens
 from rag.models import resolve_model
 from ui.app import launch
 
-from .conftest import SAMPLE, SQUAD
+from .conftest import SAMPLE, SHARED
 
 pytestmark = pytest.mark.slow
 
@@ -262,7 +262,8 @@ def test_refusal_by_the_server_names_its_reason_and_what_to_check(index, real_em
 
 def test_estimate_is_never_under_the_real_token_count(real_generator):
     texts = [SAMPLE.read_text(encoding="utf-8")]
-    articles = SQUAD / "articles.jsonl"
+    # Wikipedia text too when ../shared/ is beside the clone; the sample alone otherwise.
+    articles = SHARED / "eval" / "squad-dev" / "articles.jsonl"
     if articles.exists():
         for line in articles.read_text(encoding="utf-8").splitlines()[:40]:
             text = json.loads(line).get("text", "")

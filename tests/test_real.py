@@ -11,8 +11,9 @@ import sys
 import pytest
 
 from rag import RAG, QuestionError, QuestionTooLong, Settings
+from rag.prompt import REFUSAL
 
-from .conftest import SAMPLE, SHARED, SQUAD
+from .conftest import SAMPLE, shared
 
 ALUMINUM = "How much aluminum could Russia sell to the United States?"
 
@@ -42,6 +43,29 @@ def test_sample_answer_is_cited_by_the_model(make_rag):
     assert t.prompt_tokens > 0 and t.completion_tokens > 0 and 0 < t.first_token_ms <= t.total_ms
 
 
+def test_the_three_outcomes_with_the_bundled_models(make_rag):
+    """Refused before the model, withdrawn after it, and kept: each through the real path."""
+    rag = make_rag()
+    rag.ingest([SAMPLE])
+    off_topic = rag.ask("Who won the 2022 FIFA World Cup?")
+    assert (off_topic.outcome, off_topic.support, off_topic.answer) == ("refused", "gate", REFUSAL)
+    # The model never ran: no prompt, no first token.
+    assert off_topic.timings.prompt_tokens == 0 and off_topic.timings.first_token_ms == 0
+    assert off_topic.answerability < rag.settings.min_answerability
+
+    withdrawn = rag.ask("How much aluminum did Russia sell to China in 2019?")
+    assert withdrawn.outcome == "unsupported" and not withdrawn.found and withdrawn.timings.prompt_tokens > 0
+    assert withdrawn.support == "unsupported: other numbers"  # no passage names 2019
+    assert "2019" in withdrawn.draft and "2019" not in withdrawn.answer
+    closest = withdrawn.sources[0]
+    says = f"The closest passage says: “{closest.evidence[0]}” [{closest.n}]"
+    assert withdrawn.answer == f"{REFUSAL} {says}" and closest.cited
+
+    kept = rag.ask(ALUMINUM)
+    assert kept.outcome == "found" and kept.support == "supported" and kept.draft == ""
+    assert "2 million" in kept.answer
+
+
 def test_streaming_yields_pieces_before_the_end(make_rag):
     rag = make_rag()
     rag.ingest([SAMPLE])
@@ -56,10 +80,9 @@ def test_streaming_yields_pieces_before_the_end(make_rag):
     assert stream.answer is not None and stream.answer.answer == "".join(pieces).strip()
 
 
-@pytest.mark.skipif(not SQUAD.exists(), reason="shared eval data not present")
 def test_squad_hastings_top1(make_rag):
     rag = make_rag()
-    report = rag.ingest([SQUAD / "articles.jsonl"])
+    report = rag.ingest([shared("eval", "squad-dev", "articles.jsonl")])
     assert len(report.added) == 2
     sources = rag.retrieve("Who was the duke in the battle of Hastings?", k=5)
     # Two passages name him: "their duke, William the Conqueror, ... Battle of Hastings" and
@@ -68,10 +91,9 @@ def test_squad_hastings_top1(make_rag):
     assert any("William the Conqueror" in s.text for s in sources[:2])
 
 
-@pytest.mark.skipif(not (SHARED / "eval" / "rgb-news").exists(), reason="shared eval data not present")
 def test_followup_rewrite_fixes_retrieval(make_rag):
     rag = make_rag()
-    rag.ingest([SAMPLE, SHARED / "eval" / "rgb-news" / "articles.jsonl"])
+    rag.ingest([SAMPLE, shared("eval", "rgb-news", "articles.jsonl")])
     followup = "What amount did he offer?"
 
     def hits(sources):
@@ -126,7 +148,17 @@ def test_cli_ask_json(tmp_path):
     )
     assert p.returncode == 0, p.stderr
     data = json.loads(p.stdout)
-    assert set(data) == {"answer", "found", "query", "sources", "timings"}
+    assert set(data) == {
+        "answer",
+        "found",
+        "support",
+        "query",
+        "sources",
+        "timings",
+        "draft",
+        "answerability",
+    }
+    assert data["found"] is True and data["support"] == "supported" and data["draft"] == ""
     assert data["query"] == ALUMINUM and "2 million" in data["answer"]
     src = data["sources"][0]
     assert {"n", "article_id", "title", "url", "date", "text", "evidence", "score", "cited"} <= set(src)

@@ -153,7 +153,9 @@ def test_answer_not_in_articles_is_said_plainly(tmp_path, real_embedder):
         chat, _, sources, *_ = c.predict(question, 5, 0.0, 48, api_name="/ask")
     finally:
         demo.close(verbose=False)
-    assert answer_of(chat) == f"**Not in your articles.** {NOT_FOUND}"
+    # Gated: the passages are too far from the question to ask the model at all.
+    badge = '<span class="rag-badge rag-outcome refused">not in your articles</span>'
+    assert answer_of(chat) == f"{badge} **Not in your articles.** {NOT_FOUND}"
     assert "None of these passages answers the question" in sources
     assert '<span class="rag-badge">cited</span>' not in sources
 

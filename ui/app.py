@@ -38,6 +38,10 @@ EXAMPLES = (
 UPLOAD_TYPES = [".txt", ".md", ".html", ".htm", ".pdf", ".json", ".jsonl", ".csv"]
 
 NOT_FOUND = "The articles in your library do not hold the answer to this question."
+WITHDRAWN = (
+    "The model's answer was checked against the passages it was given and is not supported by "
+    "them ({check}), so it is not shown."
+)
 WAITING = "Waiting for the model: it is answering another question. Yours starts next."
 BUSY = "The model is busy with other requests. Try again in a moment."
 EMPTY_LIBRARY = "No articles yet: add some in the **Library** tab, or run `rag ingest PATH...`."
@@ -76,7 +80,14 @@ CSS = """
 .rag-here { background: rgba(59, 130, 246, 0.13); outline: 1px solid rgba(59, 130, 246, 0.45);
   border-radius: 3px; }
 .rag-chat-src { font-size: 0.9em; margin: 0.15rem 0 0.45rem 0; }
+.rag-outcome { margin-left: 0; margin-right: 0.35rem; }
+.rag-outcome.found { background: #dcfce7; color: #166534; }
+.rag-outcome.unsupported { background: #fef3c7; color: #92400e; }
+.rag-outcome.refused { background: #e5e7eb; color: #374151; }
 """
+
+# The badge in front of a finished answer: what the refusal path decided.
+OUTCOME_BADGES = {"found": "supported", "unsupported": "withdrawn", "refused": "not in your articles"}
 
 # The sources panel tells the server which card was clicked; links inside keep their job.
 SOURCES_JS = """
@@ -278,12 +289,21 @@ def _answer_text(turn: Turn) -> str:
         return BUSY
     if state == "error":
         return f"**Could not answer:** {turn['note']}"
-    if turn["found"] is False:
-        # No passage at all means an empty library: the pipeline's own text says what to do.
-        return turn["answer"] if not turn["sources"] else f"**Not in your articles.** {NOT_FOUND}"
     if state == "stopped":
         return (turn["answer"].strip() or "…") + "\n\n*(stopped)*"
-    return turn["answer"] or "*Writing…*"
+    if state != "done":
+        return turn["answer"] or "*Writing…*"
+    outcome = turn.get("outcome") or ("found" if turn["found"] else "refused")
+    badge = f'<span class="rag-badge rag-outcome {outcome}">{OUTCOME_BADGES[outcome]}</span>'
+    if outcome == "unsupported":
+        check = turn["support"].partition(":")[2].strip()
+        # The streamed text is replaced: what the closest passage says, never the model's claim.
+        return f"{badge} {WITHDRAWN.format(check=check)}\n\n{turn['answer']}"
+    if outcome == "refused":
+        # No passage at all means an empty library: the pipeline's own text says what to do.
+        return turn["answer"] if not turn["sources"] else f"{badge} **Not in your articles.** {NOT_FOUND}"
+    # After the text, so that the streamed text stays a prefix of the final one.
+    return f"{turn['answer']} {badge}"
 
 
 def chat_messages(turns: list[Turn]) -> tuple[list[dict[str, Any]], list[int]]:
@@ -510,6 +530,8 @@ def build_app(rag_: RAG) -> gr.Blocks:
             "query": question,
             "sources": [],
             "found": None,
+            "support": "",
+            "outcome": "",
             "timings": None,
             "note": "",
         }
@@ -548,6 +570,8 @@ def build_app(rag_: RAG) -> gr.Blocks:
                 turn.update(
                     answer=answer.answer,
                     found=answer.found,
+                    support=answer.support,
+                    outcome=answer.outcome,
                     query=answer.query,
                     sources=[src.to_dict() for src in answer.sources],
                     timings=asdict(answer.timings),

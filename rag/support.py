@@ -8,10 +8,11 @@ After: `verify` reads the model's answer back against the passages it was given.
 (the first sentence that says something the question does not) must add content, be
 finished, be of the asked type (a date for "when", a number for "how many", a name for
 "who"), and stand in one window of one or two adjacent sentences of one passage together
-with the question's own content, every number of the question in that passage. A small model
-asked about something the passages do not hold copies a sentence about a neighbouring subject
-("Egan Bernal won the 2019 Tour de France" for 2021): the answer's words are there, the
-question's are not, or not with them.
+with the question's own content and at least half of its names, every number of the question
+in that passage. A small model asked about something the passages do not hold copies a
+sentence about a neighbouring subject ("Egan Bernal won the 2019 Tour de France" for 2021;
+"Sundar Pichai" for Apple's chief executive): the answer's words are there, the question's are
+not, or not with them.
 
 Words are compared as the keyword index's terms (`store.terms`), and rarity is the keyword
 index's own BM25 IDF. The thresholds were chosen on the dev sets in ../shared/eval and
@@ -274,7 +275,11 @@ def _window(
     if question_terms and not any(t in given for t in question_terms):
         return Verdict("off the question")
     question_terms = [t for t in question_terms if t in given or _numeric(t)]
+    # The question's names (its capitalised words) are what it is about: at least half of them
+    # (by rarity) must be in the window ("Apple" for "Who is the CEO of Apple?").
+    names = [t for t in _keys(question, question_terms) if not _numeric(t)]
     weights = rarity([*question_terms, *new])
+    name_total = sum(weights[t] for t in names)
     q_total = sum(weights[t] for t in question_terms)
     new_total = sum(weights[t] for t in new)
     key_total = sum(weights[t] for t in keys)
@@ -289,16 +294,17 @@ def _window(
                 answer_share = sum(weights[t] for t in new if t in window) / new_total if new_total else 1.0
                 key_share = sum(weights[t] for t in keys if t in window) / key_total if key_total else 1.0
                 q_share = sum(weights[t] for t in question_terms if t in window) / q_total if q_total else 1.0
+                name_share = sum(weights[t] for t in names if t in window) / name_total if name_total else 1.0
                 failed = [
                     check
                     for check, ok in (
                         ("not in the passages", answer_share >= min_support and key_share >= MIN_KEY_SUPPORT),
                         ("other numbers", numbers_ok),
-                        ("off the question", q_share >= min_support),
+                        ("off the question", q_share >= min_support and name_share >= MIN_KEY_SUPPORT),
                     )
                     if not ok
                 ]
-                rank = (-len(failed), min(answer_share, key_share, q_share))
+                rank = (-len(failed), min(answer_share, key_share, q_share, name_share))
                 if best is None or rank > best[0]:
                     verdict = Verdict(failed[0] if failed else "supported", n, " ".join(sentences[a : b + 1]))
                     best = (rank, verdict)

@@ -21,6 +21,11 @@ def flat(words: Sequence[str]) -> dict[str, float]:
     return dict.fromkeys(words, 1.0)
 
 
+def weighed(rare: dict[str, float]) -> S.Rarity:
+    """These terms as rare as given, every other one 1."""
+    return lambda words: {w: rare.get(w, 1.0) for w in words}
+
+
 BRIDGE = (
     1,
     "City Council approves bridge",
@@ -51,9 +56,10 @@ def test_terms_are_the_keyword_index_terms():
 
 
 def test_a_supported_answer_passes():
-    assert verdict(
-        "How much will the bridge cost?", "The bridge will cost 40 million euros [1].", BRIDGE
-    ) == ("supported")
+    assert (
+        verdict("How much will the bridge cost?", "The bridge will cost 40 million euros [1].", BRIDGE)
+        == "supported"
+    )
     # The model's own words for the passage's ("rose" for "raised") neither help nor hurt.
     rates = (1, "", "The central bank raised rates by 2% on Tuesday. Officials said more would follow.")
     assert verdict("How much did the central bank raise rates?", "Rates rose 2% [1].", rates) == "supported"
@@ -72,9 +78,12 @@ def test_an_unfinished_claim_is_unsupported():
         "What was Tesla's revenue in Q3 2019?", "Tesla's revenue in Q3 2019 came in at [1].", tesla
     ) == ("unfinished")
     # Cut off by the length limit, not finished by the model: judged on what it says.
-    assert verdict(
-        "How much will the bridge cost?", "The bridge will cost 40 million euros, paid by the", BRIDGE
-    ) == ("supported")
+    assert (
+        verdict(
+            "How much will the bridge cost?", "The bridge will cost 40 million euros, paid by the", BRIDGE
+        )
+        == "supported"
+    )
 
 
 def test_an_answer_of_the_wrong_kind_is_unsupported():
@@ -98,18 +107,16 @@ def test_a_number_of_the_question_missing_from_the_passage_is_unsupported():
     assert verdict(
         "Who won the 2021 Tour de France?", "Egan Bernal won the 2021 Tour de France [1].", TOUR
     ) == ("other numbers")
-    assert verdict(
-        "Who won the 2019 Tour de France?", "Egan Bernal won the 2019 Tour de France [1].", TOUR
-    ) == ("supported")
+    assert (
+        verdict("Who won the 2019 Tour de France?", "Egan Bernal won the 2019 Tour de France [1].", TOUR)
+        == "supported"
+    )
 
 
 def test_an_answer_beside_the_question_is_unsupported():
     """The name is in the passage, but not with the question's rare subject: the common words
     ("chief executive") do not make up for it."""
-    rare = {"chief": 0.1, "execut": 0.1, "appl": 5.0, "googl": 5.0, "sundar": 3.0, "pichai": 3.0}
-
-    def rarity(words: Sequence[str]) -> dict[str, float]:
-        return {w: rare[w] for w in words}
+    rarity = weighed({"chief": 0.1, "execut": 0.1, "appl": 5.0, "googl": 5.0, "sundar": 3.0, "pichai": 3.0})
 
     apple = S.verify("Who is the chief executive of Apple?", "Sundar Pichai [1].", [CEOS], rarity)
     assert apple.check == "off the question"
@@ -117,10 +124,18 @@ def test_an_answer_beside_the_question_is_unsupported():
     assert google.supported and google.window.startswith("Sundar Pichai is the chief executive of Google.")
 
 
+def test_the_question_s_name_must_be_in_the_window():
+    """Common words of the question do not stand in for what it is about: Apple, two sentences
+    away from Sundar Pichai, is not with him."""
+    assert verdict("Who is the chief executive of Apple?", "Sundar Pichai [1].", CEOS) == "off the question"
+    assert verdict("Who is the chief executive of Google?", "Sundar Pichai [1].", CEOS) == "supported"
+
+
 def test_a_name_in_no_passage_is_unsupported():
-    assert verdict(
-        "Who is the chief executive of Apple?", "Tim Cook is the chief executive of Apple.", CEOS
-    ) == ("not in the passages")
+    assert (
+        verdict("Who is the chief executive of Apple?", "Tim Cook is the chief executive of Apple.", CEOS)
+        == "not in the passages"
+    )
 
 
 def test_a_name_written_as_its_initials_is_the_name():
@@ -131,10 +146,7 @@ def test_a_name_written_as_its_initials_is_the_name():
     )
     question = "What does Kyiv want from the United States?"
     assert verdict(question, "Kyiv seeks security guarantees [1].", kyiv) == "supported"
-    rare = {"kyiv": 1.0, "want": 0.2, "unit": 1.5, "state": 1.0, "seek": 1.5, "secur": 1.5, "guarante": 1.5}
-
-    def rarity(words: Sequence[str]) -> dict[str, float]:
-        return {w: rare.get(w, 1.0) for w in words}
+    rarity = weighed({"want": 0.2, "unit": 1.5, "seek": 1.5, "secur": 1.5, "guarante": 1.5})
 
     assert S.verify(question, "Kyiv seeks security guarantees [1].", [kyiv], rarity).supported
     # Without the initials the name, spelled out in another passage, is missing from the window.
@@ -145,10 +157,11 @@ def test_a_name_written_as_its_initials_is_the_name():
 
 
 def test_attribution_is_not_a_claim():
-    deals = (1, "", "Trump spoke to reporters. I do deals. My whole life is deals.")
-    assert verdict(
-        "What did Trump say his whole life is?", "Trump said his whole life is deals [1].", deals
-    ) == ("supported")
+    deals = (1, "", "Trump spoke to reporters. “I do deals,” Trump said. “My whole life is deals.”")
+    assert (
+        verdict("What did Trump say his whole life is?", "Trump said his whole life is deals [1].", deals)
+        == "supported"
+    )
 
 
 def test_a_yes_or_no_answer_needs_the_question_in_one_window():

@@ -792,7 +792,8 @@ def bench_query(
         r["llama_ttft_ms"] = alone["ttft_s"] * 1000
         r["llama_total_ms"] = alone["total_s"] * 1000
         r["llama_decode_s"] = alone["decode_s"]
-        r["same_answer"] = alone["text"] == answer.answer if r["generated"] else None
+        # The model's own text, also when verification withdrew it.
+        r["same_answer"] = alone["text"] == (answer.draft or answer.answer) if r["generated"] else None
         # ... and with an empty cache: what reusing the shared prefix saves.
         if kv_probes is None or i < kv_probes:
             llm.reset()

@@ -114,3 +114,22 @@ def _units(
             if ce > cs:
                 units.append((cs, ce, w_end - w))
     return units
+
+
+def evidence_runs(text: str, evidence: Sequence[str], neighbours: int = 1) -> list[tuple[int, int]]:
+    """Character spans of `text` around its `evidence` sentences: each with `neighbours`
+    sentences on either side, in text order, touching ones merged. Empty when no evidence
+    sentence is one of its sentences."""
+    spans = split_sentences(text)
+    wanted = set(evidence)
+    hit = [i for i, (s, e) in enumerate(spans) if text[s:e] in wanted]
+    keep = sorted({j for i in hit for j in range(i - neighbours, i + neighbours + 1) if 0 <= j < len(spans)})
+    runs: list[tuple[int, int]] = []
+    last = -2
+    for j in keep:
+        if runs and j == last + 1:
+            runs[-1] = (runs[-1][0], spans[j][1])
+        else:
+            runs.append(spans[j])
+        last = j
+    return runs

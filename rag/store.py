@@ -47,6 +47,10 @@ from .errors import ConfigError, EmbedderMismatch, IndexCorrupt, IndexLocked, In
 from .filters import Filters, article_date
 from .types import Article, ArticleInfo, Chunk
 
+# Lowest cosine between two backends' vectors of the probe texts for one to search the
+# other's index: measured 1.0000 for torch and OpenVINO on the same weights.
+AGREEMENT = 0.99
+
 if TYPE_CHECKING:
     import numpy as np
 
@@ -429,13 +433,40 @@ class Snapshot:
     def embedder(self) -> dict[str, Any]:
         return dict(self.manifest["embedder"])
 
-    def check_embedder(self, name: str, dimension: int) -> None:
+    def check_embedder(
+        self,
+        name: str,
+        dimension: int,
+        *,
+        backend: str = "torch",
+        agreement: Callable[[dict[str, Any]], float] | None = None,
+    ) -> None:
+        """Raise unless vectors made by this embedder can be searched against the index's:
+        the same model, and with another backend, vectors of the index's probe texts within
+        AGREEMENT cosine of the recorded ones."""
         built = self.manifest["embedder"]
         if built["name"] != name or built["dimension"] != dimension:
             raise EmbedderMismatch(
                 f"index {self.root} was built with embedder {built['name']!r} "
                 f"(dimension {built['dimension']}), not {name!r} (dimension {dimension}); "
                 f"use --embedder {built['name']} or rebuild with `rag ingest --rebuild`"
+            )
+        made_by = built.get("backend", "torch")
+        if backend == made_by:
+            return
+        probe = built.get("probe")
+        if not probe:
+            raise EmbedderMismatch(
+                f"index {self.root} records no probe of its vectors (built before embed "
+                f"backends were recorded, by {made_by!r}), so {backend!r} cannot be checked "
+                f"against them; use --embed-backend {made_by} or rebuild with `rag ingest --rebuild`"
+            )
+        cosine = agreement(probe) if agreement is not None else 0.0
+        if cosine < AGREEMENT:
+            raise EmbedderMismatch(
+                f"index {self.root} was built with embed backend {made_by!r}, whose vectors "
+                f"{backend!r} does not reproduce (probe cosine {cosine:.4f} < {AGREEMENT}); "
+                f"use --embed-backend {made_by} or rebuild with `rag ingest --rebuild`"
             )
 
     def __len__(self) -> int:
@@ -626,6 +657,7 @@ class Transaction:
         chunking: dict[str, Any],
         rebuild: bool = False,
         ann_threshold: int | None = None,
+        agreement: Callable[[dict[str, Any]], float] | None = None,
     ) -> None:
         self.root = root
         self.embedder = embedder
@@ -645,7 +677,18 @@ class Transaction:
                 self.base = None
         if self.base is not None:
             self._keep = self.base.generation
-            self.base.check_embedder(embedder["name"], embedder["dimension"])
+            self.base.check_embedder(
+                embedder["name"],
+                embedder["dimension"],
+                backend=embedder.get("backend", "torch"),
+                agreement=agreement,
+            )
+            # The index keeps the record of the backend that made it and its probe.
+            built = self.base.embedder
+            self.embedder = {
+                **embedder,
+                **{k: built[k] for k in ("backend", "probe") if k in built},
+            }
         self._hashes = self.base.hashes() if self.base else {}
         self._puts: dict[str, tuple[Article, str, list[Chunk], np.ndarray]] = {}
         self._removes: set[str] = set()

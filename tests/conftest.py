@@ -9,6 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from rag.embedding import Encoder
+
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLE = ROOT / "samples" / "russia-us-rare-earths.txt"
 SHARED = ROOT.parent / "shared"
@@ -34,12 +36,15 @@ def isolated(tmp_path, monkeypatch):
     return tmp_path
 
 
-class FakeEmbedder:
+class FakeEmbedder(Encoder):
     """Deterministic bag-of-words vectors over whitespace tokens: fast, offline, and
     similar texts get similar vectors, which is all the store and chunker tests need."""
 
-    def __init__(self, name: str = "fake", dimension: int = 64, max_seq_length: int = 64) -> None:
+    def __init__(
+        self, name: str = "fake", dimension: int = 64, max_seq_length: int = 64, backend: str = "torch"
+    ) -> None:
         self.name = name
+        self.backend = backend
         self.dimension = dimension
         self.max_seq_length = max_seq_length
         self.batch_size = 16
@@ -73,15 +78,14 @@ def fake_embedder():
 @pytest.fixture(scope="session")
 def real_embedder():
     from rag.embedding import Embedder
+    from rag.settings import Settings
 
-    return Embedder()
+    return Embedder(backend=Settings().embed_backend)
 
 
 @pytest.fixture(scope="session")
 def real_generator():
-    from rag.generation import LlamaCppGenerator
-    from rag.models import resolve_model
+    from rag.generation import local_generator
     from rag.settings import Settings
 
-    s = Settings()
-    return LlamaCppGenerator(resolve_model(s.model), n_ctx=s.n_ctx, threads=s.threads, seed=0)
+    return local_generator(Settings(seed=0))

@@ -56,3 +56,16 @@ def test_real_tokenizer_never_truncates(real_embedder):
     assert max(counts) <= real_embedder.max_seq_length
     for c in chunks:
         assert text[c.start : c.end] == c.text
+
+
+def test_evidence_runs_keep_the_evidence_and_one_neighbour_each_side():
+    from rag.chunking import evidence_runs
+
+    text = "One. Two. Three. Four. Five. Six. Seven."
+    cut = lambda runs: [text[a:b] for a, b in runs]  # noqa: E731
+    assert cut(evidence_runs(text, ["Four."])) == ["Three. Four. Five."]
+    # Runs that touch are merged; ones that do not stay apart, in text order.
+    assert cut(evidence_runs(text, ["Six.", "Two."])) == ["One. Two. Three.", "Five. Six. Seven."]
+    assert cut(evidence_runs(text, ["Two.", "Four."])) == ["One. Two. Three. Four. Five."]
+    assert cut(evidence_runs(text, ["Four."], neighbours=0)) == ["Four."]
+    assert evidence_runs(text, ["Not in it."]) == [] and evidence_runs(text, []) == []

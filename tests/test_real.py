@@ -170,3 +170,22 @@ def test_cli_ask_json(tmp_path):
         "completion_tokens",
         "tokens_per_s",
     }
+
+
+def test_openvino_vectors_agree_with_torch_and_search_its_index(tmp_path, monkeypatch, real_embedder):
+    """The OpenVINO backend is exported once, makes the vectors torch makes, and so may
+    search an index torch built (checked at open by the index's probe)."""
+    from rag.embedding import Embedder
+
+    monkeypatch.setenv("RAG_MODELS_DIR", str(tmp_path / "models"))
+    ov = Embedder(backend="openvino")
+    export = tmp_path / "models" / "openvino" / "all-MiniLM-L6-v2" / "openvino" / "openvino_model.xml"
+    made = export.stat().st_mtime_ns
+    pt = real_embedder if real_embedder.backend == "torch" else Embedder(backend="torch")
+    assert ov.agreement(pt.probe()) >= 0.99 and pt.agreement(ov.probe()) >= 0.99
+    settings = Settings(index=tmp_path / "idx")
+    RAG(settings, embedder=pt).ingest([SAMPLE])
+    by_torch = RAG(settings, embedder=pt).retrieve(ALUMINUM, k=3)
+    by_openvino = RAG(settings, embedder=ov).retrieve(ALUMINUM, k=3)
+    assert [s.chunk_id for s in by_openvino] == [s.chunk_id for s in by_torch]
+    assert Embedder(backend="openvino").dimension == 384 and export.stat().st_mtime_ns == made

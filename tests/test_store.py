@@ -9,6 +9,7 @@ import sys
 import textwrap
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from rag import RAG
@@ -35,7 +36,13 @@ def test_ingest_reingest_replace_remove(tmp_path, fake_embedder):
     assert len(r1.added) == 3 and r1.chunks > 3 and r1.ok
     snap = Snapshot.open(s.index)
     assert snap.generation == "gen-000001" and len(snap) == r1.chunks
-    assert snap.manifest["embedder"] == {"name": "fake", "dimension": 64, "max_seq_length": 64}
+    built = snap.manifest["embedder"]
+    assert {k: built[k] for k in ("name", "dimension", "max_seq_length", "backend")} == {
+        "name": "fake",
+        "dimension": 64,
+        "max_seq_length": 64,
+        "backend": "torch",
+    }
     assert snap.manifest["chunking"]["chunk_tokens"] == 40
     assert set(snap.manifest["files"]) == {"vectors.faiss", "chunks.sqlite"}
 
@@ -78,6 +85,47 @@ def test_embedder_mismatch_and_missing_index(tmp_path, fake_embedder):
     other = FakeEmbedder(name="other", dimension=32)
     with pytest.raises(EmbedderMismatch, match="built with embedder 'fake'"):
         ingest([tmp_path / "docs"], settings=s, embedder=other)
+
+
+class Shifted(FakeEmbedder):
+    """Another backend whose vectors are not the ones the index holds."""
+
+    def encode(self, texts, *, progress=None):
+        return np.roll(super().encode(texts, progress=progress), 1, axis=1)
+
+
+def test_another_backend_searches_an_index_only_when_its_vectors_agree(tmp_path, fake_embedder):
+    s = Settings(index=tmp_path / "idx", chunk_tokens=40, chunk_overlap=8)
+    write_corpus(tmp_path / "docs", n=2)
+    ingest([tmp_path / "docs"], settings=s, embedder=fake_embedder)
+    built = Snapshot.open(s.index).embedder
+    assert built["backend"] == "torch" and len(built["probe"]["vectors"]) == len(built["probe"]["texts"]) > 3
+    # Agreeing vectors: searched and added to, the index keeps the record of what made it.
+    same = FakeEmbedder(backend="openvino")
+    RAG(s, embedder=same).retrieve("Article 1 sentence 3")
+    write_corpus(tmp_path / "docs", n=3)
+    ingest([tmp_path / "docs"], settings=s, embedder=same)
+    assert Snapshot.open(s.index).embedder == built
+    # Vectors that differ: refused at open, with the backend that made the index.
+    with pytest.raises(
+        EmbedderMismatch, match=r"embed backend 'torch'.*probe cosine .*--embed-backend torch"
+    ):
+        RAG(s, embedder=Shifted(backend="openvino")).retrieve("Article 1 sentence 3")
+    with pytest.raises(EmbedderMismatch, match="--embed-backend torch"):
+        ingest([tmp_path / "docs"], settings=s, embedder=Shifted(backend="openvino"))
+    # The same backend is never probed (the record is the proof).
+    RAG(s, embedder=Shifted()).retrieve("Article 1 sentence 3")
+    # An index from before backends were recorded has no probe: only its own backend opens it.
+    old = s.with_(index=tmp_path / "old")
+    ingest([tmp_path / "docs"], settings=old, embedder=Unprobed())
+    RAG(old, embedder=FakeEmbedder()).retrieve("Article 1 sentence 3")
+    with pytest.raises(EmbedderMismatch, match=r"records no probe.*--embed-backend torch"):
+        RAG(old, embedder=FakeEmbedder(backend="openvino")).retrieve("Article 1 sentence 3")
+
+
+class Unprobed(FakeEmbedder):
+    def probe(self):
+        return {}
 
 
 @pytest.mark.parametrize("victim", ["vectors.faiss", "chunks.sqlite", "manifest.json", "CURRENT"])

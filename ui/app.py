@@ -1050,12 +1050,17 @@ def serve(
     sock = _listen(host, port)
     url = _url(sock)
     log.info("serving %s on %s%s", settings.index, url, "" if ui else " (API only)")
+    from rag.client import announce, withdraw
+
+    # `rag ask` and `rag chat` on this index find this server here and ask it instead.
+    announce(settings.index, url, key=bool(api_key or settings.api_key), login=auth is not None)
     try:
         _uvicorn(app).run(sockets=[sock])
     except KeyboardInterrupt:
         # uvicorn shuts down gracefully, then re-raises the Ctrl-C: the way to stop, not an error.
         log.info("stopped")
     finally:
+        withdraw(settings.index)
         if demo is not None:
             demo.close(verbose=False)
         sock.close()

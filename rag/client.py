@@ -1,0 +1,246 @@
+"""`rag ask` and `rag chat` through a running `rag serve` on the same index: a question from
+the terminal then costs retrieval and generation only, not loading torch, the embedder and
+the model into a fresh process.
+
+`rag serve` announces itself in the index folder (`SERVER`: its URL, process id and whether
+it wants a key or a login; never a secret) and withdraws the file when it stops. `find`
+trusts the file only when that process is alive and the URL answers `/health`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import fields
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .errors import Busy, RagError
+from .types import Answer, Source, Timings
+
+if TYPE_CHECKING:
+    import httpx
+
+    from .filters import Filters
+    from .generation import Message
+
+log = logging.getLogger(__name__)
+
+SERVER = "SERVER"
+
+
+def announce(index: str | os.PathLike[str], url: str, *, key: bool = False, login: bool = False) -> Path:
+    """Write `index/SERVER` for this process (atomically: a reader sees the old or the new)."""
+    root = Path(index)
+    root.mkdir(parents=True, exist_ok=True)
+    path = root / SERVER
+    tmp = root / f".{SERVER}.{os.getpid()}"
+    tmp.write_text(json.dumps({"url": url, "pid": os.getpid(), "key": key, "login": login}), encoding="utf-8")
+    os.replace(tmp, path)
+    return path
+
+
+def withdraw(index: str | os.PathLike[str]) -> None:
+    """Remove `index/SERVER` if this process wrote it."""
+    path = Path(index) / SERVER
+    info = _read(path)
+    if info is not None and info.get("pid") == os.getpid():
+        path.unlink(missing_ok=True)
+
+
+def _read(path: Path) -> dict[str, Any] | None:
+    try:
+        info = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return info if isinstance(info, dict) else None
+
+
+def _alive(pid: Any) -> bool:
+    if not isinstance(pid, int) or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # alive, another user's
+    return True
+
+
+def find(index: str | os.PathLike[str], *, api_key: str = "", timeout: float = 1.0) -> str | None:
+    """The URL of a live `rag serve` on this index that this caller may use, or None: no
+    file, a dead process, no answer within `timeout`, a login it wants, or a key it wants
+    that the caller lacks."""
+    info = _read(Path(index) / SERVER)
+    if info is None or not _alive(info.get("pid")) or not isinstance(info.get("url"), str):
+        return None
+    if info.get("login") or (info.get("key") and not api_key):
+        log.info("the server at %s wants a login or a key: answering here", info["url"])
+        return None
+    import httpx
+
+    url = info["url"].rstrip("/") + "/"
+    try:
+        ok = httpx.get(url + "health", timeout=timeout).status_code == 200
+    except httpx.HTTPError:
+        ok = False
+    if not ok:
+        log.info("the server at %s does not answer: answering here", url)
+        return None
+    return url
+
+
+def answer_from(data: dict[str, Any]) -> Answer:
+    """An `Answer` from its `to_dict()` form (as the API sends it)."""
+    known = {f.name for f in fields(Source)}
+    sources = tuple(
+        Source(
+            **{
+                **{k: v for k, v in s.items() if k in known},
+                "evidence": tuple(s.get("evidence") or ()),
+                "withheld": tuple(s.get("withheld") or ()),
+            }
+        )
+        for s in data.get("sources") or ()
+    )
+    timing_fields = {f.name for f in fields(Timings)}
+    timings = Timings(**{k: v for k, v in (data.get("timings") or {}).items() if k in timing_fields})
+    return Answer(
+        answer=data.get("answer", ""),
+        found=bool(data.get("found")),
+        query=data.get("query", ""),
+        sources=sources,
+        timings=timings,
+        support=data.get("support") or ("supported" if data.get("found") else "model"),
+        draft=data.get("draft", ""),
+        answerability=float(data.get("answerability") or 0.0),
+    )
+
+
+class RemoteStream:
+    """An answer streaming from a server, read like an `AnswerStream`: iterate it for the text
+    pieces; `.answer` holds the `Answer` after the last one."""
+
+    def __init__(self, client: httpx.Client, url: str, body: dict[str, Any], question: str) -> None:
+        self._client = client
+        self._url = url
+        self._body = body
+        self.question = question
+        self.query = question
+        self.answer: Answer | None = None
+        self.on_done: Callable[[Answer], None] | None = None
+
+    def __iter__(self) -> Iterator[str]:
+        import httpx
+
+        text = ""
+        try:
+            with self._client.stream("POST", self._url + "v1/chat/completions", json=self._body) as resp:
+                if resp.status_code != 200:
+                    resp.read()
+                    raise _refused(resp)
+                for line in resp.iter_lines():
+                    if not line.startswith("data:") or line[5:].strip() == "[DONE]":
+                        continue
+                    chunk = json.loads(line[5:])
+                    if "error" in chunk:
+                        raise RagError(f"the server at {self._url} failed: {chunk['error'].get('message')}")
+                    choices = chunk.get("choices") or []
+                    piece = (choices[0].get("delta") or {}).get("content") if choices else None
+                    if piece:
+                        text += piece
+                        yield piece
+                    if choices and choices[0].get("finish_reason"):
+                        self._finish(chunk, text)
+        except httpx.HTTPError as e:
+            raise RagError(f"the server at {self._url} went away mid-answer ({e}); try again") from None
+        if self.answer is None:
+            raise RagError(f"the server at {self._url} ended the answer without its sources; try again")
+
+    def _finish(self, chunk: dict[str, Any], text: str) -> None:
+        withdrawn = bool(chunk.get("withdrawn"))
+        self.query = chunk.get("query") or self.question
+        self.answer = answer_from(
+            {
+                **chunk,
+                "answer": chunk.get("answer", "") if withdrawn else text.strip(),
+                "draft": text.strip() if withdrawn else "",
+            }
+        )
+        if self.on_done is not None:
+            self.on_done(self.answer)
+
+
+def _refused(resp: httpx.Response) -> RagError:
+    try:
+        message = resp.json()["error"]["message"]
+    except (ValueError, KeyError, TypeError):
+        message = resp.text[:300]
+    if resp.status_code == 429:
+        return Busy(message)
+    return RagError(f"the server answered {resp.status_code}: {message}")
+
+
+class Remote:
+    """Questions asked of a running `rag serve` (its `/v1/chat/completions`)."""
+
+    def __init__(self, url: str, *, api_key: str = "", timeout: float = 600.0) -> None:
+        import httpx
+
+        self.url = url.rstrip("/") + "/"
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self._client = httpx.Client(timeout=httpx.Timeout(timeout, connect=5.0), headers=headers)
+
+    def stream(
+        self,
+        question: str,
+        *,
+        history: Sequence[Message] = (),
+        k: int | None = None,
+        temperature: float | None = None,
+        max_tokens: int | None = None,
+        filters: Filters | None = None,
+    ) -> RemoteStream:
+        body: dict[str, Any] = {
+            "messages": [
+                *({"role": m["role"], "content": m["content"]} for m in history),
+                {"role": "user", "content": question},
+            ],
+            "stream": True,
+        }
+        for name, value in (("k", k), ("temperature", temperature), ("max_tokens", max_tokens)):
+            if value is not None:
+                body[name] = value
+        if filters is not None and filters.active:
+            body["filters"] = {k: v for k, v in filters.to_dict().items() if v}
+        return RemoteStream(self._client, self.url, body, question)
+
+    def chat(self) -> RemoteChat:
+        return RemoteChat(self)
+
+    def close(self) -> None:
+        self._client.close()
+
+
+class RemoteChat:
+    """A conversation with a server, like `ChatSession`: each question carries the turns so
+    far, and the server rewrites follow-ups."""
+
+    def __init__(self, remote: Remote) -> None:
+        self.remote = remote
+        self.history: list[Message] = []
+
+    def stream(self, question: str, **kwargs: Any) -> RemoteStream:
+        stream = self.remote.stream(question, history=self.history, **kwargs)
+        history = self.history
+
+        def record(answer: Answer) -> None:
+            history.extend(
+                ({"role": "user", "content": question}, {"role": "assistant", "content": answer.answer})
+            )
+
+        stream.on_done = record
+        return stream

@@ -71,8 +71,8 @@ QUICK_SIZES = (5_000,)
 
 TARGETS = {
     "ingest_ratio": ("ingest time / encoding alone", "<=", 1.15),
-    # Twice the 19 chunks/s of article text measured before the OpenVINO embedder.
-    "ingest_chunks_per_s": ("ingest chunks/s on article text", ">=", 38.0),
+    # Twice the 42.6 chunks/s the torch embedder ingests of the default bench corpus.
+    "ingest_chunks_per_s": ("ingest chunks/s (bench corpus)", ">=", 85.0),
     "warm_answer_ratio": ("warm answer / (retrieval + llama.cpp alone)", "<=", 1.05),
     "retrieval_p50_ms_100k": ("query embedding + search p50 at 100k, ms", "<", 30.0),
     "retrieval_p50_ms_1m": ("query embedding + search p50 at 1M, ms", "<", 60.0),

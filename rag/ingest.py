@@ -93,7 +93,6 @@ def ingest_articles(
                 "dimension": embedder.dimension,
                 "max_seq_length": embedder.max_seq_length,
                 "backend": embedder.backend,
-                "probe": embedder.probe(),
             },
             chunking={
                 "chunk_tokens": settings.chunk_tokens,
@@ -104,6 +103,7 @@ def ingest_articles(
             rebuild=rebuild,
             ann_threshold=settings.ann_threshold,
             agreement=embedder.agreement,
+            probe=embedder.probe,
         )
         pending: dict[str, tuple[Article, list[Chunk], list[str]]] = {}
         for item in articles:

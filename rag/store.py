@@ -658,6 +658,7 @@ class Transaction:
         rebuild: bool = False,
         ann_threshold: int | None = None,
         agreement: Callable[[dict[str, Any]], float] | None = None,
+        probe: Callable[[], dict[str, Any]] | None = None,
     ) -> None:
         self.root = root
         self.embedder = embedder
@@ -689,6 +690,9 @@ class Transaction:
                 **embedder,
                 **{k: built[k] for k in ("backend", "probe") if k in built},
             }
+        if not self.embedder.get("probe") and probe is not None:
+            # Computed only for an index that has none yet (new, or from before probes).
+            self.embedder = {**self.embedder, "probe": probe()}
         self._hashes = self.base.hashes() if self.base else {}
         self._puts: dict[str, tuple[Article, str, list[Chunk], np.ndarray]] = {}
         self._removes: set[str] = set()

@@ -111,6 +111,18 @@ def wait_until_up(
         time.sleep(0.5)
 
 
+def rag_serve(*flags: str, cwd: Path | None = None) -> subprocess.Popen[str]:
+    """`rag serve FLAGS...` in a fresh process, its output kept for `stop_server`."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "rag.cli", "serve", *flags],
+        cwd=cwd,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
 def stop_server(proc: subprocess.Popen[str]) -> str:
     """Ctrl-C a `rag serve` subprocess; it must exit cleanly. Returns what it logged."""
     proc.send_signal(signal.SIGINT)
@@ -688,11 +700,7 @@ def test_rag_serve_no_ui_with_a_key_and_an_unreachable_engine(tmp_path, real_emb
     index = tmp_path / "index"
     rag.RAG(rag.Settings(index=index), embedder=real_embedder).ingest([SAMPLE])
     port, dead = free_port(), free_port()
-    cmd = [
-        sys.executable,
-        "-m",
-        "rag.cli",
-        "serve",
+    proc = rag_serve(
         "--no-ui",
         "--index",
         str(index),
@@ -708,10 +716,7 @@ def test_rag_serve_no_ui_with_a_key_and_an_unreachable_engine(tmp_path, real_emb
         "m",
         "--llm-timeout",
         "5",
-    ]
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.Popen(
-        cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        cwd=tmp_path,
     )
     url = f"http://127.0.0.1:{port}/"
     try:
@@ -806,16 +811,7 @@ def test_rag_serve_auth_refuses_the_chat_without_the_login(tmp_path, real_embedd
     rag.RAG(rag.Settings(index=index), embedder=real_embedder).ingest([SAMPLE])
     port = free_port()
     user, password = "reader", "s3cret-" + KEY
-    cmd = [sys.executable, "-m", "rag.cli", "serve", "--index", str(index), "--port", str(port)]
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.Popen(
-        [*cmd, "--auth", f"{user}:{password}"],
-        cwd=tmp_path,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    proc = rag_serve("--index", str(index), "--port", str(port), "--auth", f"{user}:{password}", cwd=tmp_path)
     url = f"http://127.0.0.1:{port}/"
     try:
         wait_until_up(proc, url, 300, login=(user, password))

@@ -14,7 +14,7 @@ from rag.client import SERVER, Remote, announce, find, withdraw
 from ui.app import launch
 
 from .conftest import ROOT, SAMPLE
-from .test_api import QUESTION, CannedGenerator, fake_rag, free_port, stop_server, wait_until_up
+from .test_api import QUESTION, CannedGenerator, fake_rag, free_port, rag_serve, stop_server, wait_until_up
 
 
 def test_a_server_is_found_only_when_it_lives_and_answers(tmp_path):
@@ -83,13 +83,7 @@ def test_rag_ask_uses_the_running_server_and_local_forces_this_process(tmp_path)
         [*rag, "ingest", str(SAMPLE), "--index", str(index)], check=True, env=env, capture_output=True
     )
     port = free_port()
-    proc = subprocess.Popen(
-        [*rag, "serve", "--no-ui", "--index", str(index), "--port", str(port)],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    proc = rag_serve("--no-ui", "--index", str(index), "--port", str(port))
     url = f"http://127.0.0.1:{port}/"
     try:
         wait_until_up(proc, url, 180)

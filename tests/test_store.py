@@ -100,8 +100,10 @@ def test_another_backend_searches_an_index_only_when_its_vectors_agree(tmp_path,
     ingest([tmp_path / "docs"], settings=s, embedder=fake_embedder)
     built = Snapshot.open(s.index).embedder
     assert built["backend"] == "torch" and len(built["probe"]["vectors"]) == len(built["probe"]["texts"]) > 3
-    # Agreeing vectors: searched and added to, the index keeps the record of what made it.
+    # Agreeing vectors: searched and added to, the index keeps the record of what made it,
+    # and its probe is not computed again.
     same = FakeEmbedder(backend="openvino")
+    same.probe = lambda: pytest.fail("the index's probe was computed again")
     RAG(s, embedder=same).retrieve("Article 1 sentence 3")
     write_corpus(tmp_path / "docs", n=3)
     ingest([tmp_path / "docs"], settings=s, embedder=same)

@@ -24,7 +24,7 @@ from .errors import (
 )
 from .filters import Filters
 from .settings import Settings
-from .types import Answer, Article, ArticleInfo, Chunk, IngestReport, Source, Timings
+from .types import Answer, Article, ArticleInfo, Chunk, Copy, IngestReport, Source, Timings
 
 __all__ = [
     "RAG",
@@ -36,6 +36,7 @@ __all__ = [
     "ChatSession",
     "Chunk",
     "ConfigError",
+    "Copy",
     "EmbedderMismatch",
     "FilterError",
     "Filters",
@@ -52,6 +53,7 @@ __all__ = [
     "Settings",
     "Source",
     "Timings",
+    "Watcher",
     "ask",
     "citations",
     "is_refusal",
@@ -67,6 +69,7 @@ _LAZY = {
     "ChatSession": "pipeline",
     "ask": "pipeline",
     "Gate": "generation",
+    "Watcher": "watch",
     "citations": "prompt",
     "is_refusal": "prompt",
 }

@@ -6,6 +6,7 @@ import functools
 import json
 import logging
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -187,9 +188,16 @@ def cli(verbose: int) -> None:
     help="Where a dump keeps a field, e.g. --field text=story (repeatable).",
 )
 @click.option("--rebuild", is_flag=True, help="Start a fresh index instead of adding to it.")
+@click.option(
+    "--prune", is_flag=True, help="Remove the articles whose files under the given folders are gone."
+)
 @_handle_errors
-def ingest(paths: tuple[str, ...], fields: tuple[str, ...], rebuild: bool, **kw: Any) -> None:
-    """Index files and folders: .txt .md .html .pdf and .json/.jsonl/.csv dumps."""
+def ingest(paths: tuple[str, ...], fields: tuple[str, ...], rebuild: bool, prune: bool, **kw: Any) -> None:
+    """Index files, folders, web pages and feeds: .txt .md .html .pdf, .json/.jsonl/.csv
+    dumps, RSS/Atom feeds (.rss .atom .xml), and http(s) URLs of pages or feeds.
+
+    Near-duplicates of indexed articles (the same story from another outlet) are stored as
+    their copies, not indexed again. A feed ingested again adds only its new entries."""
     from .loaders import parse_field_overrides
     from .pipeline import RAG
 
@@ -213,6 +221,7 @@ def ingest(paths: tuple[str, ...], fields: tuple[str, ...], rebuild: bool, **kw:
         embedder=rag.embedder,
         fields=mapping,
         rebuild=rebuild,
+        prune=prune,
         progress=progress,
         on_error=lambda e: click.echo(f"error: {e}", err=True),
     )
@@ -220,13 +229,63 @@ def ingest(paths: tuple[str, ...], fields: tuple[str, ...], rebuild: bool, **kw:
         bar.__exit__(None, None, None)
         if not sys.stderr.isatty():
             click.echo(err=True)  # click ends the bar's line only on a terminal
+    _print_changes(report)
+    extra = "".join(
+        f", {n} {what}"
+        for n, what in ((len(report.copies), "copies"), (len(report.removed), "removed"))
+        if n or (what == "removed" and prune)
+    )
     click.echo(
         f"{len(report.added)} added, {len(report.updated)} updated, "
-        f"{len(report.unchanged)} unchanged, {len(report.failed)} failed; "
+        f"{len(report.unchanged)} unchanged{extra}, {len(report.failed)} failed; "
         f"{report.chunks} chunks embedded in {report.seconds:.1f} s -> {settings.index}"
     )
     if report.failed:
         sys.exit(1)
+
+
+def _print_changes(report: Any) -> None:
+    for aid, of in report.copies:
+        click.echo(f"copy: {aid} (stored as a copy of {of})", err=True)
+    for aid in report.removed:
+        click.echo(f"removed: {aid}", err=True)
+    for aid in report.promoted:
+        click.echo(f"indexed in place of a removed copy's original: {aid}", err=True)
+
+
+@cli.command()
+@click.argument("targets", nargs=-1, required=True)
+@_settings_options("index", "embedder", "embed_backend", "max_file_mb")
+@click.option(
+    "--every", default="15m", show_default=True, metavar="INTERVAL", help="Time between passes: 30s, 15m, 2h."
+)
+@click.option("--passes", type=int, help="Stop after this many passes [default: until Ctrl-C].")
+@_handle_errors
+def watch(targets: tuple[str, ...], every: str, passes: int | None, **kw: Any) -> None:
+    """Keep the index in step with folders, feeds and pages: ingest them with --prune every
+    INTERVAL, printing what changed."""
+    from .pipeline import RAG
+    from .watch import Watcher, describe, parse_interval
+
+    settings = _split(kw, *SETTING_NAMES)
+    interval = parse_interval(every)
+
+    def report(r: Any) -> None:
+        _print_changes(r)
+        stamp = time.strftime("%H:%M:%S")
+        click.echo(f"{stamp} pass {watcher.passes}: {describe(r) if r.changed else 'no change'}")
+
+    watcher = Watcher(
+        RAG(settings),
+        list(targets),
+        every=interval,
+        on_pass=report,
+        on_error=lambda e: click.echo(f"error: {e}", err=True),
+    )
+    try:
+        watcher.run(passes=passes)
+    except KeyboardInterrupt:
+        click.echo("stopped", err=True)
 
 
 @cli.command(name="list")
@@ -244,19 +303,21 @@ def list_(as_json: bool, **kw: Any) -> None:
             click.echo(json.dumps(a.__dict__, ensure_ascii=False))
         else:
             title = a.title or "(untitled)"
-            click.echo(f"{a.id}\t{a.chunks} chunks\t{a.date or '-'}\t{title[:70]}")
+            copies = f" (+{a.copies} copies)" if a.copies else ""
+            click.echo(f"{a.id}\t{a.chunks} chunks\t{a.date or '-'}\t{title[:70]}{copies}")
 
 
 @cli.command()
 @click.argument("article_ids", nargs=-1, required=True)
-@_settings_options("index")
+@_settings_options("index", "embedder", "embed_backend")
 @_handle_errors
 def remove(article_ids: tuple[str, ...], **kw: Any) -> None:
-    """Remove articles by id (as shown by `rag list`)."""
-    from .ingest import remove as run_remove
+    """Remove articles by id (as shown by `rag list`); a removed article's syndicated copy,
+    if it has one, is indexed in its place."""
+    from .pipeline import RAG
 
-    settings = _split(kw, "index")
-    missing = run_remove(article_ids, settings=settings)
+    settings = _split(kw, *SETTING_NAMES)
+    missing = RAG(settings).remove(article_ids)
     for m in missing:
         click.echo(f"error: no article with id {m!r} in {settings.index}; see `rag list`", err=True)
     click.echo(f"removed {len(article_ids) - len(missing)} article(s)")
@@ -318,6 +379,9 @@ def _print_sources(answer: Any) -> None:
             click.echo(f"      > {sentence}")
         for sentence in s.withheld:
             click.echo(f"      ! not shown to the model (reads as an instruction to it): {sentence}")
+        if s.copies:
+            outlets = ", ".join(c.source or c.url or c.article_id for c in s.copies)
+            click.echo(f"      also published by {outlets}")
 
 
 # What a running server answers with per question; any other setting given on the command
@@ -446,6 +510,16 @@ def chat(server: str | None, local: bool, **kw: Any) -> None:
 )
 @click.option("--no-ui", is_flag=True, help="Serve the API alone, without the chat UI.")
 @click.option(
+    "--watch",
+    "watched",
+    multiple=True,
+    metavar="PATH|URL",
+    help="Keep these folders, feeds or pages in the index, as `rag watch` does (repeatable).",
+)
+@click.option(
+    "--every", default="15m", show_default=True, metavar="INTERVAL", help="Time between watch passes."
+)
+@click.option(
     "--backend",
     type=click.Choice(["llama-cpp", "openai"]),
     help="Who generates: the GGUF in process, or an OpenAI-compatible server [env RAG_BACKEND].",
@@ -464,11 +538,16 @@ def chat(server: str | None, local: bool, **kw: Any) -> None:
     help="Wait this long for that server [env RAG_LLM_TIMEOUT].",
 )
 @_handle_errors
-def serve(host: str, port: int, auth: str | None, no_ui: bool, **kw: Any) -> None:
+def serve(
+    host: str, port: int, auth: str | None, no_ui: bool, watched: tuple[str, ...], every: str, **kw: Any
+) -> None:
     """Serve the chat UI and the HTTP API (/v1, OpenAI-compatible) on http://HOST:PORT:
     one process, one model, one queue."""
     from ui.app import serve as run_server
 
+    from .watch import parse_interval
+
+    interval = parse_interval(every)
     remote = ("backend", "llm_base_url", "llm_model", "llm_api_key", "llm_timeout", "api_key")
     settings = _split(kw, *SETTING_NAMES, *remote)
     credentials: tuple[str, str] | None = None
@@ -495,7 +574,9 @@ def serve(host: str, port: int, auth: str | None, no_ui: bool, **kw: Any) -> Non
         ("" if no_ui else f"Chat: {where}/  ") + f"API: {where}/v1 (OpenAPI: {where}/openapi.json)",
         err=True,
     )
-    run_server(settings, host=host, port=port, auth=credentials, ui=not no_ui)
+    run_server(
+        settings, host=host, port=port, auth=credentials, ui=not no_ui, watch=list(watched), every=interval
+    )
 
 
 @cli.command(name="eval")
@@ -617,7 +698,7 @@ def models(assemble: bool) -> None:
 @click.option("--ann-threshold", type=int, help="Vectors from which the store uses IVF [default 20000].")
 @click.option(
     "--only",
-    type=click.Choice(["ingest", "query", "startup", "scale"]),
+    type=click.Choice(["ingest", "query", "startup", "scale", "web"]),
     multiple=True,
     help="Run only these sections (repeatable).",
 )
@@ -657,7 +738,7 @@ def bench(
         questions=questions,
         sizes=size_list,
         repeat=repeat,
-        sections=only or ("ingest", "query", "startup", "scale"),
+        sections=only or ("ingest", "query", "startup", "scale", "web"),
     )
     bars: dict[str, Any] = {}
 

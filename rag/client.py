@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .errors import Busy, RagError
-from .types import Answer, Source, Timings
+from .types import Answer, Copy, Source, Timings
 
 if TYPE_CHECKING:
     import httpx
@@ -102,6 +102,7 @@ def answer_from(data: dict[str, Any]) -> Answer:
                 **{k: v for k, v in s.items() if k in known},
                 "evidence": tuple(s.get("evidence") or ()),
                 "withheld": tuple(s.get("withheld") or ()),
+                "copies": tuple(Copy(**c) for c in s.get("copies") or ()),
             }
         )
         for s in data.get("sources") or ()

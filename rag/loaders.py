@@ -24,7 +24,9 @@ TEXT_EXTS = {".txt", ".md", ".markdown", ".text"}
 HTML_EXTS = {".html", ".htm", ".xhtml"}
 PDF_EXTS = {".pdf"}
 DUMP_EXTS = {".json", ".jsonl", ".ndjson", ".csv"}
-SUPPORTED_EXTS = TEXT_EXTS | HTML_EXTS | PDF_EXTS | DUMP_EXTS
+# RSS/Atom files: read by `rag.feeds`, which `rag.ingest` hands them to.
+FEED_EXTS = {".rss", ".atom", ".xml"}
+SUPPORTED_EXTS = TEXT_EXTS | HTML_EXTS | PDF_EXTS | DUMP_EXTS | FEED_EXTS
 
 # Common names under which scrapers and exporters put each field, in order of preference.
 FIELD_NAMES: dict[str, tuple[str, ...]] = {
@@ -146,14 +148,14 @@ def _read_text(path: Path) -> str:
     return text
 
 
-def _clean(text: str) -> str:
+def clean_text(text: str) -> str:
     # Offsets are into the stored text, so normalisation happens once, here.
     text = text.replace("\r\n", "\n").replace("\r", "\n")
     return "".join(ch for ch in text if ch in "\n\t" or (ch >= " " and ch != "\x7f")).strip()
 
 
 def _require_text(name: str, text: str) -> str:
-    text = _clean(text)
+    text = clean_text(text)
     if not text:
         raise InputError(name, "no text found in it")
     return text
@@ -173,7 +175,7 @@ def _load_html(path: Path) -> Article:
 
     html = _read_text(path)
     doc = trafilatura.bare_extraction(html, with_metadata=True, include_comments=False)
-    text = _clean(doc.text or "") if doc is not None else ""
+    text = clean_text(doc.text or "") if doc is not None else ""
     if not text:
         raise InputError(str(path), "HTML holds no article text (only markup or scripts)")
     url = (doc.url or "") if doc is not None else ""
@@ -204,7 +206,7 @@ def _load_pdf(path: Path) -> Article:
         raise
     except (PyPdfError, ValueError, KeyError, TypeError, OSError) as e:
         raise InputError(name, f"broken PDF ({type(e).__name__}: {e}); re-export it") from None
-    text = _clean("\n\n".join(p.strip() for p in pages if p.strip()))
+    text = clean_text("\n\n".join(p.strip() for p in pages if p.strip()))
     if not text:
         raise InputError(name, "PDF has no extractable text (scanned images?); OCR it first")
     title = (meta.title if meta and meta.title else "") or path.stem
@@ -242,7 +244,7 @@ def record_to_article(
     """One dump record to an article; `where` names it in errors (file:line)."""
     if not isinstance(record, Mapping):
         raise InputError(where, f"record is a {type(record).__name__}, not an object")
-    text = _clean(_pick(record, "text", fields))
+    text = clean_text(_pick(record, "text", fields))
     if not text:
         wanted = fields.get("text") or "/".join(FIELD_NAMES["text"][:3])
         raise InputError(where, f"record has no text under {wanted}; use --field text=COLUMN")

@@ -15,7 +15,7 @@ from typing import Any
 from . import prompt as P
 from . import support as S
 from .embedding import Embedder, Progress, load_cross_encoder
-from .errors import IndexNotFound, QuestionError, QuestionTooLong, RagError
+from .errors import IndexNotFound, InputError, QuestionError, QuestionTooLong, RagError
 from .filters import Filters
 from .generation import Gate, Generator, Message, local_generator
 from .guard import EXEMPLARS, mask, passages_for_model, planted_instructions
@@ -141,21 +141,26 @@ class RAG:
         *,
         fields: Mapping[str, str] | None = None,
         rebuild: bool = False,
+        prune: bool = False,
         progress: Progress | None = None,
+        on_error: Callable[[InputError], None] | None = None,
     ) -> IngestReport:
-        """Index files and folders; see `rag.ingest.ingest`."""
+        """Index files, folders, web pages and feeds (http(s) URLs); see `rag.ingest.ingest`."""
         return _ingest(
             paths,
             settings=self.settings,
             embedder=self.embedder,
             fields=fields,
             rebuild=rebuild,
+            prune=prune,
             progress=progress,
+            on_error=on_error,
         )
 
     def remove(self, article_ids: Iterable[str]) -> list[str]:
-        """Remove articles; returns the ids that were not found."""
-        return _remove(article_ids, settings=self.settings)
+        """Remove articles (or recorded copies); returns the ids that were not found. A
+        removed article's syndicated copy is indexed in its place."""
+        return _remove(article_ids, settings=self.settings, embedder=lambda: self.embedder)
 
     def articles(self) -> list[ArticleInfo]:
         snap = self.snapshot()
@@ -211,6 +216,7 @@ class RAG:
         # A withheld sentence is no evidence, however close to the question it is.
         masked = [mask(t, w) for t, w in zip(texts, withheld, strict=True)]
         ev = evidence(self.encode_sentences, qvec, masked, per_text=self.settings.evidence_sentences)
+        copies = snap.copies_of(sorted({r.article_id for r, _ in hits}))
         return [
             Source(
                 n=n,
@@ -227,6 +233,7 @@ class RAG:
                 end=r.end,
                 chunk_id=r.id,
                 withheld=w,
+                copies=copies.get(r.article_id, ()),
             )
             for n, ((r, score), e, w) in enumerate(zip(hits, ev, withheld, strict=True), start=1)
         ]

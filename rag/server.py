@@ -151,6 +151,19 @@ class ChatCompletionRequest(BaseModel):
     filters: FiltersIn | None = Field(None, description="Only these articles may answer (extension).")
 
 
+class CopyOut(BaseModel):
+    """A syndicated copy of a source's article, as in `Source.copies`."""
+
+    article_id: str
+    title: str
+    source: str
+    url: str
+    date: str
+    author: str = ""
+    path: str = ""
+    similarity: float = 0.0
+
+
 class SourceOut(BaseModel):
     """A retrieved passage, as in `Answer.to_dict()["sources"]`."""
 
@@ -173,6 +186,10 @@ class SourceOut(BaseModel):
     withheld: list[str] = Field(
         default_factory=list,
         description="Sentences that read as instructions to the model, withheld from it.",
+    )
+    copies: list[CopyOut] = Field(
+        default_factory=list,
+        description="The same story published by other outlets (stored, not indexed).",
     )
 
 

@@ -32,6 +32,7 @@ ENV_VARS: dict[str, str] = {
     "min_score": "RAG_MIN_SCORE",
     "min_answerability": "RAG_MIN_ANSWERABILITY",
     "ann_threshold": "RAG_ANN_THRESHOLD",
+    "dedup_threshold": "RAG_DEDUP_THRESHOLD",
 }
 
 
@@ -113,6 +114,9 @@ class Settings:
         context: what of each passage the model reads: `passages` (the whole chunk) or
             `windows` (its evidence sentences with one neighbour on either side: a shorter
             prompt); the sources always show whole passages.
+        dedup_threshold: estimated Jaccard similarity of 5-word shingles (`rag.dedup`) from
+            which a new article is stored as a syndicated copy of an indexed one instead of
+            being indexed itself (0: every article is indexed).
     """
 
     index: Path = Path("index")
@@ -151,6 +155,7 @@ class Settings:
     guard: bool = True
     context: str = "passages"
     flash_attn: bool = True
+    dedup_threshold: float = 0.5
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "index", Path(self.index))
@@ -189,6 +194,8 @@ class Settings:
             raise ConfigError(f"context must be one of {', '.join(CONTEXTS)}, got {self.context!r}")
         if not 0.0 < self.mmr <= 1.0:
             raise ConfigError(f"mmr must be above 0 and at most 1 (1: off), got {self.mmr!r}")
+        if not 0 <= self.dedup_threshold <= 1:
+            raise ConfigError(f"dedup_threshold must be between 0 and 1, got {self.dedup_threshold!r}")
         if self.max_file_mb <= 0:
             raise ConfigError(f"max_file_mb must be positive, got {self.max_file_mb!r}")
         if self.max_tokens >= self.n_ctx:

@@ -6,7 +6,9 @@ Layout::
     DIR/gen-000007/         the live generation: write-once, never modified
         vectors.faiss       inner-product search, ids = chunk ids: exact (IndexIDMap2 over
                             IndexFlatIP) while small, IVF past `ann_threshold` vectors
-        chunks.sqlite       articles (with full text) and chunk offsets
+        chunks.sqlite       articles (with full text) and chunk offsets; each article's
+                            MinHash signature; its syndicated copies (`rag.dedup`), stored
+                            but not indexed; feed state (`rag.feeds`)
         manifest.json       what built it, counts, and the checksums of both files
     DIR/gen-000006/         the previous generation, kept until the next commit
     DIR/.lock               held by the one writer
@@ -45,7 +47,7 @@ from typing import TYPE_CHECKING, Any
 
 from .errors import ConfigError, EmbedderMismatch, IndexCorrupt, IndexLocked, IndexNotFound
 from .filters import Filters, article_date
-from .types import Article, ArticleInfo, Chunk
+from .types import Article, ArticleInfo, Chunk, Copy
 
 # Lowest cosine between two backends' vectors of the probe texts for one to search the
 # other's index: measured 1.0000 for torch and OpenVINO on the same weights.
@@ -90,6 +92,13 @@ CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE VIRTUAL TABLE IF NOT EXISTS chunks_fts USING fts5(
     text, tokenize = '{TOKENIZER}'
 );
+CREATE TABLE IF NOT EXISTS signatures (article_id TEXT PRIMARY KEY, sig BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS copies (
+    id TEXT PRIMARY KEY, of_id TEXT NOT NULL, title TEXT, date TEXT, url TEXT, author TEXT,
+    source TEXT, path TEXT, hash TEXT NOT NULL, text TEXT NOT NULL, similarity REAL NOT NULL,
+    added_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS copies_of ON copies(of_id);
 """
 
 # Words too common to help a keyword match; the dense side still sees them.
@@ -156,6 +165,11 @@ def article_hash(a: Article) -> str:
     """Content hash: unchanged articles are skipped on re-ingest, changed ones replaced."""
     payload = json.dumps([a.text, a.title, a.date, a.url, a.author, a.source], ensure_ascii=False)
     return hashlib.sha256(payload.encode("utf-8")).hexdigest()
+
+
+def _stored(a: Article, digest: str) -> tuple[str, ...]:
+    """An article's columns after its id, as both `articles` and `copies` keep them."""
+    return (a.title, a.date, a.url, a.author, a.source, a.path, digest, a.text)
 
 
 def _sha256(path: Path) -> str:
@@ -415,6 +429,9 @@ class Snapshot:
             raise IndexCorrupt(
                 f"{folder}: {self.index.ntotal} vectors but {n_chunks} chunks; {_recover_hint(root)}"
             )
+        tables = {r[0] for r in self.db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        # Generations written before copies were kept have neither table: none to read.
+        self._has_copies = "copies" in tables
 
     @classmethod
     def open(cls, root: str | os.PathLike[str], *, verify: bool = True) -> Snapshot:
@@ -583,12 +600,54 @@ class Snapshot:
         return [by_id[i] for i in ids if i in by_id]
 
     def articles(self) -> list[ArticleInfo]:
+        copies = "(SELECT COUNT(*) FROM copies k WHERE k.of_id = a.id)" if self._has_copies else "0"
         rows = self.db.execute(
             "SELECT a.id, a.title, a.date, a.url, a.author, a.source, a.path, "
-            "(SELECT COUNT(*) FROM chunks c WHERE c.article_id = a.id), length(a.text) "
+            f"(SELECT COUNT(*) FROM chunks c WHERE c.article_id = a.id), length(a.text), {copies} "
             "FROM articles a ORDER BY a.added_at, a.id"
         ).fetchall()
         return [ArticleInfo(*r) for r in rows]
+
+    def copies_of(self, article_ids: Sequence[str]) -> dict[str, tuple[Copy, ...]]:
+        """The syndicated copies recorded under each of these indexed articles."""
+        if not self._has_copies or not article_ids:
+            return {}
+        out: dict[str, list[Copy]] = {}
+        for row in self.db.execute(
+            "SELECT of_id, id, title, source, url, date, author, path, similarity FROM copies "
+            "WHERE of_id IN (SELECT value FROM json_each(?)) ORDER BY added_at, id",
+            (json.dumps(list(article_ids)),),
+        ):
+            out.setdefault(row[0], []).append(Copy(*row[1:]))
+        return {k: tuple(v) for k, v in out.items()}
+
+    def copy_records(self) -> dict[str, tuple[str, str]]:
+        """Every recorded copy: its id -> (the indexed article it copies, its content hash)."""
+        if not self._has_copies:
+            return {}
+        return {r[0]: (r[1], r[2]) for r in self.db.execute("SELECT id, of_id, hash FROM copies")}
+
+    def copy_article(self, copy_id: str) -> Article | None:
+        """A recorded copy as an article, to index it in place of the one it copied."""
+        if not self._has_copies:
+            return None
+        row = self.db.execute(
+            "SELECT id, text, title, date, url, author, source, path FROM copies WHERE id = ?", (copy_id,)
+        ).fetchone()
+        return Article(*row) if row else None
+
+    def signatures(self) -> Iterator[tuple[str, np.ndarray]]:
+        """Each indexed article's MinHash signature (articles too short to have one are absent)."""
+        import numpy as np
+
+        if not self._has_copies:
+            return
+        for aid, blob in self.db.execute("SELECT article_id, sig FROM signatures"):
+            yield aid, np.frombuffer(blob, dtype=np.uint64)
+
+    def meta(self, key: str) -> str | None:
+        row = self.db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return row[0] if row else None
 
     def article(self, article_id: str) -> tuple[ArticleInfo, str] | None:
         """An article's info and full text, or None."""
@@ -600,7 +659,15 @@ class Snapshot:
         ).fetchone()
         if row is None:
             return None
-        return ArticleInfo(*row[:9]), row[9]
+        copies = len(self.copies_of([article_id]).get(article_id, ()))
+        return ArticleInfo(*row[:9], copies=copies), row[9]
+
+    def paths(self) -> list[tuple[str, str]]:
+        """(id, path) of every indexed article and recorded copy."""
+        rows = self.db.execute("SELECT id, path FROM articles").fetchall()
+        if self._has_copies:
+            rows += self.db.execute("SELECT id, path FROM copies").fetchall()
+        return rows
 
     def hashes(self) -> dict[str, str]:
         return dict(self.db.execute("SELECT id, hash FROM articles").fetchall())
@@ -694,35 +761,90 @@ class Transaction:
             # Computed only for an index that has none yet (new, or from before probes).
             self.embedder = {**self.embedder, "probe": probe()}
         self._hashes = self.base.hashes() if self.base else {}
-        self._puts: dict[str, tuple[Article, str, list[Chunk], np.ndarray]] = {}
+        self._copies = self.base.copy_records() if self.base else {}
+        self._puts: dict[str, tuple[Article, str, list[Chunk], np.ndarray, np.ndarray | None]] = {}
         self._removes: set[str] = set()
+        self._put_copies: dict[str, tuple[Article, str, str, float]] = {}
+        self._meta: dict[str, str] = {}
 
     def hash_of(self, article_id: str) -> str | None:
-        """The stored content hash of an article, as staged so far."""
+        """The stored content hash of an article or a recorded copy, as staged so far."""
         if article_id in self._puts:
             return self._puts[article_id][1]
+        if article_id in self._put_copies:
+            return self._put_copies[article_id][1]
         if article_id in self._removes:
             return None
+        if article_id in self._copies:
+            return self._copies[article_id][1]
         return self._hashes.get(article_id)
 
-    def put(self, article: Article, chunks: list[Chunk], vectors: np.ndarray) -> None:
-        """Add or replace an article with its chunks and their vectors."""
+    def is_indexed(self, article_id: str) -> bool:
+        """True when the article is (as staged so far) indexed, not a copy of another."""
+        if article_id in self._puts:
+            return True
+        return article_id in self._hashes and article_id not in self._removes
+
+    def put(
+        self,
+        article: Article,
+        chunks: list[Chunk],
+        vectors: np.ndarray,
+        *,
+        signature: np.ndarray | None = None,
+    ) -> None:
+        """Add or replace an article with its chunks, their vectors and its MinHash signature."""
         if len(chunks) != len(vectors):
             raise ValueError(f"{len(chunks)} chunks but {len(vectors)} vectors")
-        self._puts[article.id] = (article, article_hash(article), chunks, vectors)
-        self._removes.discard(article.id)
+        self._put_copies.pop(article.id, None)
+        self._puts[article.id] = (article, article_hash(article), chunks, vectors, signature)
+        self._stage_gone(article.id)
+
+    def put_copy(self, article: Article, of_id: str, similarity: float) -> None:
+        """Record `article` as a copy of the indexed article `of_id`: stored, not indexed."""
+        self._puts.pop(article.id, None)
+        self._put_copies[article.id] = (article, article_hash(article), of_id, similarity)
+        self._stage_gone(article.id)
+
+    def _stage_gone(self, article_id: str) -> None:
+        # Whatever the id was before (an indexed article or a copy) is replaced at commit.
+        if article_id in self._hashes or article_id in self._copies:
+            self._removes.add(article_id)
+        else:
+            self._removes.discard(article_id)
 
     def remove(self, article_id: str) -> bool:
-        """Stage removal; False when the article is not in the index."""
-        known = article_id in self._hashes or article_id in self._puts
+        """Stage removal of an article or a copy; False when neither is in the index."""
+        known = any(article_id in d for d in (self._hashes, self._puts, self._copies, self._put_copies))
         self._puts.pop(article_id, None)
-        if article_id in self._hashes:
+        self._put_copies.pop(article_id, None)
+        if article_id in self._hashes or article_id in self._copies:
             self._removes.add(article_id)
         return known
 
+    def copies_of(self, article_id: str) -> list[tuple[str, float]]:
+        """The copies (id, similarity) that will be recorded under `article_id`, oldest first."""
+        out = [
+            (cid, 0.0)
+            for cid, (of, _) in self._copies.items()
+            if of == article_id and cid not in self._removes and cid not in self._put_copies
+        ]
+        out += [(cid, sim) for cid, (_, _, of, sim) in self._put_copies.items() if of == article_id]
+        return out
+
+    def copy_article(self, copy_id: str) -> Article | None:
+        """A copy's article, whether staged or recorded."""
+        if copy_id in self._put_copies:
+            return self._put_copies[copy_id][0]
+        return self.base.copy_article(copy_id) if self.base and copy_id in self._copies else None
+
+    def set_meta(self, key: str, value: str) -> None:
+        if self.base is None or self.base.meta(key) != value:
+            self._meta[key] = value
+
     @property
     def dirty(self) -> bool:
-        return bool(self._puts or self._removes)
+        return bool(self._puts or self._removes or self._put_copies or self._meta)
 
     def commit(self) -> str:
         """Write the next generation and make it live; returns its name."""
@@ -762,24 +884,26 @@ class Transaction:
                     db.execute("DELETE FROM chunks WHERE article_id=?", (aid,))
                     db.executemany("DELETE FROM chunks_fts WHERE rowid=?", [(i,) for i in ids_of])
                     db.execute("DELETE FROM articles WHERE id=?", (aid,))
+                    db.execute("DELETE FROM signatures WHERE article_id=?", (aid,))
+                    db.execute("DELETE FROM copies WHERE id=?", (aid,))
                 if old_ids:
                     index.remove_ids(np.asarray(old_ids, dtype=np.int64))
                 now = time.time()
-                for article, digest, chunks, vectors in self._puts.values():
+                for article, digest, of_id, similarity in self._put_copies.values():
+                    db.execute(
+                        "INSERT OR REPLACE INTO copies VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+                        (article.id, of_id, *_stored(article, digest), similarity, now),
+                    )
+                db.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)", list(self._meta.items()))
+                for article, digest, chunks, vectors, sig in self._puts.values():
+                    if sig is not None:
+                        db.execute(
+                            "INSERT OR REPLACE INTO signatures VALUES (?, ?)",
+                            (article.id, np.asarray(sig, dtype=np.uint64).tobytes()),
+                        )
                     db.execute(
                         "INSERT INTO articles VALUES (?,?,?,?,?,?,?,?,?,?)",
-                        (
-                            article.id,
-                            article.title,
-                            article.date,
-                            article.url,
-                            article.author,
-                            article.source,
-                            article.path,
-                            digest,
-                            article.text,
-                            now,
-                        ),
+                        (article.id, *_stored(article, digest), now),
                     )
                     ids = np.arange(next_id, next_id + len(chunks), dtype=np.int64)
                     next_id += len(chunks)

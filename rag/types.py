@@ -44,6 +44,22 @@ class ArticleInfo:
     path: str
     chunks: int
     chars: int
+    copies: int = 0
+
+
+@dataclass(frozen=True)
+class Copy:
+    """A syndicated copy of an indexed article: the same story from another outlet, stored
+    but not indexed, shown under its original as "also published by"."""
+
+    article_id: str
+    title: str
+    source: str
+    url: str
+    date: str
+    author: str = ""
+    path: str = ""
+    similarity: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -66,11 +82,14 @@ class Source:
     chunk_id: int = -1
     # Sentences of `text` that read as instructions to the model: not shown to it.
     withheld: tuple[str, ...] = ()
+    # The same story as published by other outlets (`rag.dedup`).
+    copies: tuple[Copy, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["evidence"] = list(self.evidence)
         d["withheld"] = list(self.withheld)
+        d["copies"] = [asdict(c) for c in self.copies]
         return d
 
 
@@ -135,7 +154,11 @@ class Answer:
 
 @dataclass(frozen=True)
 class IngestReport:
-    """What one ingest did; `failed` holds one (path, reason) per unreadable input."""
+    """What one ingest did; `failed` holds one (path, reason) per unreadable input.
+
+    `copies` holds (id, id of the indexed article it copies) for each article stored as a
+    syndicated copy instead of being indexed; `removed` the articles pruned (their files are
+    gone) and `promoted` the copies indexed in place of a removed original."""
 
     added: tuple[str, ...] = ()
     updated: tuple[str, ...] = ()
@@ -143,6 +166,15 @@ class IngestReport:
     failed: tuple[tuple[str, str], ...] = ()
     chunks: int = 0
     seconds: float = 0.0
+    copies: tuple[tuple[str, str], ...] = ()
+    removed: tuple[str, ...] = ()
+    promoted: tuple[str, ...] = ()
+    # Ids asked to be removed that were not in the index.
+    missing: tuple[str, ...] = ()
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.added or self.updated or self.copies or self.removed)
 
     @property
     def ok(self) -> bool:

@@ -150,8 +150,12 @@ def test_rag_bench_quick_writes_json(tmp_path):
     )
     assert p.returncode == 0, p.stderr[-3000:]
     assert "INGEST" in p.stdout and "QUERY" in p.stdout and "SCALE" in p.stdout and "TARGETS" in p.stdout
+    assert "WEB" in p.stdout
     r = json.loads(out.read_text())
-    assert {"settings", "machine", "ingest", "query", "cold_start", "startup", "scale", "targets"} <= set(r)
+    sections = {"settings", "machine", "ingest", "query", "cold_start", "startup", "scale", "web", "targets"}
+    assert sections <= set(r)
+    w = r["web"]
+    assert (w["pages"], w["added"], w["failed"]) == (10, 10, 0) and w["pages_per_s"] > 0 and w["chunks"] > 0
     g = r["ingest"]
     assert g["chunks"] > 0 and g["ingest_s"] > 0 and g["encode_alone_s"] > 0 and g["ratio"] > 0
     assert 0 <= g["outside_encoding_share"] < 1

@@ -170,3 +170,39 @@ def test_an_answer_withdrawn_by_verification_is_replaced_in_the_bubble(url):
             assert any("2019" in t for t in seen[:-1]), seen  # the claim had been on screen
         finally:
             browser.close()
+
+
+def test_the_library_adds_a_page_and_a_feed_by_url(url):
+    """The Library tab's "Add by URL" box: a page and a feed from a site on 127.0.0.1; a bad
+    address says what is wrong; the library table lists what came in."""
+    from playwright.sync_api import sync_playwright
+
+    from . import webserver
+
+    with webserver.serve() as site, sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.goto(url)
+            page.get_by_role("tab", name="Library").click()
+            box = page.locator("#add-url textarea")
+            box.wait_for()
+            box.fill(f"{site.base}/news/bridge.html\n{site.base}/wire.atom\n{site.base}/missing")
+            page.locator("#fetch").click()
+            report = page.locator("#ingest-report")
+            page.wait_for_function(
+                "() => document.querySelector('#ingest-report')?.innerText.includes('added')", timeout=120_000
+            )
+            text = report.inner_text()
+            assert "2 added" in text, text
+            assert f"{site.base}/missing: the server answered HTTP 404" in text
+            table = page.locator("#articles")
+            page.wait_for_function(
+                "() => document.querySelector('#articles')?.innerText.includes('Harbour bridge')",
+                timeout=30_000,
+            )
+            assert "Amateur astronomer finds a new comet" in table.inner_text()
+            # The bad address stays in the box to be fixed; the rest is done.
+            assert "missing" in box.input_value()
+        finally:
+            browser.close()

@@ -256,7 +256,10 @@ def ingest_while_reading(folder: Path) -> dict[str, Any]:
     """Readers ask and retrieve in a loop while a writer commits new versions of every
     article; returns what each reader saw and any error it met."""
     # verify off: the echo is not from the passages (see echo_rag).
-    settings = rag.Settings(index=folder / "index", chunk_tokens=40, chunk_overlap=8, top_k=8, verify=False)
+    # Templated articles are near-duplicates by design: every one is indexed here.
+    settings = rag.Settings(
+        index=folder / "index", chunk_tokens=40, chunk_overlap=8, top_k=8, verify=False, dedup_threshold=0
+    )
     embedder = FakeEmbedder()
     docs = folder / "docs"
     write_version(docs, 0)

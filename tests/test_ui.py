@@ -228,6 +228,37 @@ def test_upload_lists_the_article_and_remove_drops_it(client, tmp_path):
     assert "1 article" in header
 
 
+def test_add_by_url_fetches_pages_and_feeds_and_shows_copies_under_the_source(client, served):
+    from ui.app import sources_html
+
+    from . import webserver
+
+    r, _ = served
+    with webserver.serve() as site:
+        b = site.base
+        box, report, *_ = client.predict("ftp://example.org/x", api_name="/add_urls")
+        assert box == "ftp://example.org/x" and "give a full web address" in report
+        box, report, *_ = client.predict(f"{b}/news/festival.html\n{b}/missing", api_name="/add_urls")
+        assert report.startswith("✓ 1 added"), report
+        assert f"✗ {b}/missing: the server answered HTTP 404" in report
+        assert box.endswith("/missing")  # kept, to be fixed
+        # The wire's copy of the same story is stored under it, not indexed.
+        site.version = 2
+        _, report, _, table, *_ = client.predict(f"{b}/wire.atom", api_name="/add_urls")
+        assert "1 stored as copies" in report, report
+    rows = {row[0]: row for row in table["data"]}
+    assert rows["Folk festival sells out in an hour"][2].endswith("(+1 copies)")
+    sources = r.retrieve("How fast did the folk festival tickets sell out?", k=3)
+    festival = next(s for s in sources if s.article_id == f"{b}/news/festival.html")
+    turn = {"sources": [festival.to_dict()], "state": "done", "found": True, "answer": ""}
+    panel = sources_html([turn], 0)
+    assert "Also published by" in panel and "Wire Service" in panel and f"{b}/wire/festival" in panel
+    # Leave the module's library as it was: removing the page indexes its copy, then that goes.
+    for _ in range(2):
+        r.remove([a.id for a in r.articles() if a.id.startswith(b)])
+    assert [a.id for a in r.articles() if a.id.startswith(b)] == []
+
+
 def test_unreadable_uploads_get_one_line_each_and_leave_the_index_alone(client, served, tmp_path):
     r, _ = served
     before = r.articles()

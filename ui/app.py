@@ -35,7 +35,9 @@ EXAMPLES = (
     "What did Kyiv ask for?",
     "What did Putin say about rare earth metals?",
 )
-UPLOAD_TYPES = [".txt", ".md", ".html", ".htm", ".pdf", ".json", ".jsonl", ".csv"]
+UPLOAD_TYPES = [".txt", ".md", ".html", ".htm", ".pdf", ".json", ".jsonl", ".csv", ".rss", ".atom", ".xml"]
+# How often an open page checks for a new index generation (a watch pass, a CLI ingest).
+REFRESH_S = 15.0
 
 NOT_FOUND = "The articles in your library do not hold the answer to this question."
 WITHDRAWN = (
@@ -69,6 +71,7 @@ CSS = """
 .rag-badge { font-size: 0.72em; font-weight: 600; padding: 0.05rem 0.4rem; border-radius: 999px;
   background: var(--color-accent-soft); color: var(--color-accent); margin-left: 0.35rem; }
 .rag-meta { font-size: 0.82em; color: var(--body-text-color-subdued); margin-top: 0.1rem; }
+.rag-also { font-size: 0.82em; color: var(--body-text-color-subdued); font-style: italic; }
 .rag-withheld { font-size: 0.82em; margin-top: 0.3rem; padding: 0.2rem 0.4rem;
   border-left: 3px solid #d97706; }
 .rag-passage { font-size: 0.92em; line-height: 1.45; margin-top: 0.35rem; }
@@ -248,10 +251,24 @@ def sources_html(turns: list[Turn], index: int | None) -> str:
             f'role="button" tabindex="0" title="Open the whole article at this passage">'
             f'<div class="rag-src-head"><span class="rag-n">[{s["n"]}]</span>'
             f"{_esc(s['title'] or '(untitled)')}{badge}</div>"
-            f'<div class="rag-meta">{meta}</div>'
+            f'<div class="rag-meta">{meta}</div>{_also(s)}'
             f'<div class="rag-passage">{highlight(s["text"], s["evidence"])}</div>{_withheld(s)}</div>'
         )
     return f'<div class="rag-sources"><div class="rag-hint">{hint}</div>{"".join(cards)}</div>'
+
+
+def _also(source: dict[str, Any]) -> str:
+    """The outlets that published the same story (syndicated copies, not indexed)."""
+    copies = source.get("copies") or []
+    if not copies:
+        return ""
+    names = []
+    for c in copies:
+        host = urlparse(c.get("url") or "").hostname
+        outlet = c.get("source") or host or c.get("title") or "another outlet"
+        label = outlet + (f", {c['date']}" if c.get("date") else "")
+        names.append(_link(c["url"], label) if _safe_url(c.get("url") or "") else _esc(label))
+    return f'<div class="rag-also">Also published by {" · ".join(names)}</div>'
 
 
 def _withheld(source: dict[str, Any]) -> str:
@@ -385,6 +402,8 @@ ARTICLE_PLACEHOLDER = '<div class="rag-hint">Click a source to read its whole ar
 
 def _short(path: str) -> str:
     # Uploads sit in Gradio's cache under a hash folder: the file name is what the user knows.
+    if "://" in path:
+        return path
     return os.path.basename(path.rstrip("/")) or path
 
 
@@ -404,7 +423,7 @@ def library_table(r: RAG) -> dict[str, Any]:
         [
             a.title or "(untitled)",
             a.date,
-            a.url or a.source or _short(a.path),
+            (a.url or a.source or _short(a.path)) + (f" (+{a.copies} copies)" if a.copies else ""),
             a.chunks,
             a.chars,
             a.id,
@@ -424,11 +443,12 @@ def source_choices(r: RAG) -> list[str]:
 
 def ingest_report(report: rag.IngestReport) -> str:
     lines = []
-    done = len(report.added) + len(report.updated) + len(report.unchanged)
+    done = len(report.added) + len(report.updated) + len(report.unchanged) + len(report.copies)
     if done:
+        copies = f", {len(report.copies)} stored as copies of indexed articles" if report.copies else ""
         lines.append(
             f"✓ {len(report.added)} added, {len(report.updated)} updated, "
-            f"{len(report.unchanged)} unchanged; {report.chunks} passages embedded "
+            f"{len(report.unchanged)} unchanged{copies}; {report.chunks} passages embedded "
             f"in {report.seconds:.1f} s."
         )
     for path, reason in report.failed:
@@ -654,6 +674,35 @@ def build_app(rag_: RAG) -> gr.Blocks:
         log.info("ingested %d uploads: %s", len(files), ingest_report(report).replace("\n\n", "; "))
         return (None, ingest_report(report), *library())
 
+    def add_urls(
+        text: str | None,
+        progress: gr.Progress = gr.Progress(),  # noqa: B008 - Gradio's way to ask for a progress bar
+    ) -> tuple[Any, ...]:
+        urls = [u.strip() for u in re.split(r"[\s,]+", text or "") if u.strip()]
+        if not urls:
+            return (text, "Paste the address of a page or of an RSS/Atom feed.", *library())
+        bad = [u for u in urls if not u.lower().startswith(("http://", "https://"))]
+        if bad:
+            return (text, f"✗ {_esc(bad[0])}: give a full web address, starting with https://", *library())
+
+        def embedded(done: int, total: int) -> None:
+            progress((done, total), desc="Embedding passages", unit="passages")
+
+        progress(0, desc=f"Fetching {len(urls)} address{'es' if len(urls) != 1 else ''}")
+        try:
+            report = engine.rag.ingest(urls, progress=embedded)
+        except rag.RagError as e:
+            return (text, f"✗ {e}", *library())
+        log.info("ingested %d URLs: %s", len(urls), ingest_report(report).replace("\n\n", "; "))
+        return ("" if report.ok else text, ingest_report(report), *library())
+
+    def refresh(seen: str) -> tuple[Any, ...]:
+        # Another writer (a watch pass, `rag ingest`) committed: show the new library.
+        now = str(engine.rag.stats().get("generation", ""))
+        if now == seen:
+            return (seen, *(gr.skip() for _ in range(5)))
+        return (now, *library())
+
     def remove_article(article_id: str | None) -> tuple[Any, ...]:
         if not article_id:
             return ("Choose an article to remove.", *library())
@@ -783,7 +832,18 @@ def build_app(rag_: RAG) -> gr.Blocks:
             files = gr.File(
                 label="Add articles", file_count="multiple", file_types=UPLOAD_TYPES, elem_id="upload"
             )
+            with gr.Row(equal_height=True):
+                url_box = gr.Textbox(
+                    label="Add by URL",
+                    placeholder="https://… a page or an RSS/Atom feed (several: one per line)",
+                    lines=1,
+                    max_lines=6,
+                    scale=5,
+                    elem_id="add-url",
+                )
+                fetch_btn = gr.Button("Fetch", scale=1, min_width=90, elem_id="fetch")
             report = gr.Markdown("", elem_id="ingest-report")
+            generation = gr.State(str(rag_.stats().get("generation", "")))
             table = gr.Dataframe(
                 value=library_table(rag_),
                 label="Articles",
@@ -847,6 +907,22 @@ def build_app(rag_: RAG) -> gr.Blocks:
             api_name="add_articles",
             concurrency_id="library",
             show_progress_on=[report],
+        )
+        gr.on(
+            [fetch_btn.click, url_box.submit],
+            add_urls,
+            inputs=[url_box],
+            outputs=[url_box, report, *library_outputs],
+            api_name="add_urls",
+            concurrency_id="library",
+            show_progress_on=[report],
+        )
+        gr.Timer(REFRESH_S).tick(
+            refresh,
+            inputs=[generation],
+            outputs=[generation, *library_outputs],
+            api_visibility="private",
+            show_progress="hidden",
         )
         remove_btn.click(
             remove_article,
@@ -1035,9 +1111,11 @@ def serve(
     auth: tuple[str, str] | None = None,
     api_key: str | None = None,
     ui: bool = True,
+    watch: Sequence[str] = (),
+    every: float = 900.0,
 ) -> None:
     """Load the models, then serve the UI (unless `ui=False`) and the API until interrupted
-    (`rag serve`)."""
+    (`rag serve`); `watch` folders, feeds and pages are ingested every `every` seconds."""
     r = RAG(settings)
     # Load both models before the first visitor, so that a bad model path stops the start.
     _ = r.embedder, r.generator
@@ -1054,12 +1132,15 @@ def serve(
 
     # `rag ask` and `rag chat` on this index find this server here and ask it instead.
     announce(settings.index, url, key=bool(api_key or settings.api_key), login=auth is not None)
+    watcher = rag.Watcher(r, list(watch), every=every).start() if watch else None
     try:
         _uvicorn(app).run(sockets=[sock])
     except KeyboardInterrupt:
         # uvicorn shuts down gracefully, then re-raises the Ctrl-C: the way to stop, not an error.
         log.info("stopped")
     finally:
+        if watcher is not None:
+            watcher.stop()
         withdraw(settings.index)
         if demo is not None:
             demo.close(verbose=False)

@@ -153,7 +153,8 @@ def _url_items(
 
 def _stored_meta(settings: Settings, key: str) -> str | None:
     try:
-        snap = Snapshot.open(settings.index)
+        # Not verified here: the transaction that follows verifies the generation once.
+        snap = Snapshot.open(settings.index, verify=False)
     except IndexNotFound:
         return None
     try:
@@ -305,7 +306,7 @@ def _transaction(
     if not eager:
         # A removal needs no embedder unless a copy is promoted: the index's own record
         # stands for it, and the real one is loaded only then.
-        snap = Snapshot.open(root)
+        snap = Snapshot.open(root, verify=False)  # the transaction verifies it
         record, chunking = snap.embedder, snap.manifest["chunking"]
         snap.close()
         return Transaction(root, embedder=record, chunking=chunking, ann_threshold=settings.ann_threshold)

@@ -25,6 +25,7 @@ from .errors import (
 from .filters import Filters
 from .settings import Settings
 from .types import Answer, Article, ArticleInfo, Chunk, Copy, IngestReport, Source, Timings
+from .when import QueryTime
 
 __all__ = [
     "RAG",
@@ -47,6 +48,7 @@ __all__ = [
     "IngestReport",
     "InputError",
     "ModelError",
+    "QueryTime",
     "QuestionError",
     "QuestionTooLong",
     "RagError",

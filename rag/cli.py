@@ -75,6 +75,18 @@ def _settings_options(*names: str) -> Callable[[F], F]:
             help="What of each passage the model reads: whole passages or evidence windows.",
         ),
         "mmr": click.option("--mmr", type=float, help="MMR weight for diverse passages (1: off)."),
+        "today": click.option(
+            "--today",
+            metavar="DATE",
+            help="Read the question's time against this date [env RAG_TODAY; default: the clock].",
+        ),
+        "read_time": click.option(
+            "--time/--no-time",
+            "read_time",
+            default=None,
+            help="Read time in questions: 'in 2024', 'last week' filter by date, 'latest' prefers newer "
+            "articles (default on).",
+        ),
         "reranker": click.option(
             "--reranker", help="CrossEncoder name or path re-ranking the passages [env RAG_RERANKER]."
         ),
@@ -164,6 +176,8 @@ SETTING_NAMES = (
     "reranker",
     "guard",
     "context",
+    "today",
+    "read_time",
     "max_file_mb",
 )
 
@@ -356,7 +370,10 @@ def recover(**kw: Any) -> None:
 
 
 def _print_outcome(answer: Any) -> None:
-    """After the streamed text: a withdrawn answer is marked as such, and replaced."""
+    """After the streamed text: a withdrawn answer is marked as such, and replaced; the
+    question's time, as read, is said (`--no-time` ignores it)."""
+    if answer.query_time is not None and answer.query_time.label():
+        click.echo(f"(time: {answer.query_time.label()}; --no-time ignores it)")
     if answer.outcome == "unsupported":
         check = answer.support.partition(":")[2].strip()
         click.echo(f"(withdrawn: the passages do not support that answer, {check})")
@@ -386,7 +403,7 @@ def _print_sources(answer: Any) -> None:
 
 # What a running server answers with per question; any other setting given on the command
 # line is the server's own, so the question is answered here instead.
-FORWARDED = ("index", "top_k", "temperature", "max_tokens")
+FORWARDED = ("index", "top_k", "temperature", "max_tokens", "today", "read_time")
 
 
 def _where_options(fn: F) -> F:
@@ -425,7 +442,13 @@ def _answerer(settings: Settings, *, pinned: list[str], server: str | None, loca
 
 def _forwarded(kw: dict[str, Any]) -> dict[str, Any]:
     """The per-question settings given on the command line, as `stream` takes them."""
-    names = {"top_k": "k", "temperature": "temperature", "max_tokens": "max_tokens"}
+    names = {
+        "top_k": "k",
+        "temperature": "temperature",
+        "max_tokens": "max_tokens",
+        "today": "today",
+        "read_time": "read_time",
+    }
     return {names[n]: kw[n] for n in names if kw.get(n) is not None}
 
 
@@ -625,6 +648,7 @@ def eval_(
             k=k,
             retrieval_only=retrieval_only,
             progress=lambda done, total: bar.update(done - bar.pos),
+            today=settings.today or None,
         )
     result["settings"].update(
         articles=str(articles),
@@ -635,6 +659,8 @@ def eval_(
     )
     for key, value in result["metrics"].items():
         click.echo(f"{key:30} {'-' if value is None else value}")
+    for kind, figures in result["by_kind"].items():
+        click.echo(f"{'kind ' + kind:30} " + ", ".join(f"{k} {v}" for k, v in figures.items()))
     if result["settings"]["unanswerable"] and result["settings"]["answerable"]:
         rows = gate_tradeoff(result["records"], GATE_THRESHOLDS)
         result["gate"] = rows

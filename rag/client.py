@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from .errors import Busy, RagError
 from .types import Answer, Copy, Source, Timings
+from .when import QueryTime
 
 if TYPE_CHECKING:
     import httpx
@@ -118,6 +119,7 @@ def answer_from(data: dict[str, Any]) -> Answer:
         support=data.get("support") or ("supported" if data.get("found") else "model"),
         draft=data.get("draft", ""),
         answerability=float(data.get("answerability") or 0.0),
+        query_time=QueryTime.from_dict(data["query_time"]) if data.get("query_time") else None,
     )
 
 
@@ -204,6 +206,8 @@ class Remote:
         temperature: float | None = None,
         max_tokens: int | None = None,
         filters: Filters | None = None,
+        read_time: bool | None = None,
+        today: str | None = None,
     ) -> RemoteStream:
         body: dict[str, Any] = {
             "messages": [
@@ -212,7 +216,14 @@ class Remote:
             ],
             "stream": True,
         }
-        for name, value in (("k", k), ("temperature", temperature), ("max_tokens", max_tokens)):
+        per_question = (
+            ("k", k),
+            ("temperature", temperature),
+            ("max_tokens", max_tokens),
+            ("read_time", read_time),
+            ("today", today),
+        )
+        for name, value in per_question:
             if value is not None:
                 body[name] = value
         if filters is not None and filters.active:

@@ -84,6 +84,9 @@ class Question:
     question: str
     answers: tuple[str, ...]
     answerable: bool
+    # The date the question is asked on (time-sensitive sets), and what kind of question.
+    today: str = ""
+    kind: str = ""
 
 
 def load_questions(path: str | Path, *, limit: int | None = None, seed: int = 0) -> list[Question]:
@@ -100,6 +103,8 @@ def load_questions(path: str | Path, *, limit: int | None = None, seed: int = 0)
                         d["question"],
                         tuple(d.get("answers") or ()),
                         bool(d.get("answerable", True)),
+                        str(d.get("today") or ""),
+                        str(d.get("kind") or ""),
                     )
                 )
             except (ValueError, KeyError, TypeError) as e:
@@ -118,8 +123,11 @@ def evaluate(
     k: int,
     retrieval_only: bool = False,
     progress: Callable[[int, int], None] | None = None,
+    today: str | None = None,
 ) -> dict[str, Any]:
-    """Ask every question through `rag` (a `rag.RAG`); returns {"metrics", "records"}."""
+    """Ask every question through `rag` (a `rag.RAG`); returns {"metrics", "records"}.
+    Each question is read against `today` when given, else its own `today`, else the
+    `today` setting or the clock."""
     records: list[dict[str, Any]] = []
     hits = rr = cont = f1s = cont_unverified = 0.0
     answerable = unanswerable = refused_right = refused_wrong = 0
@@ -142,7 +150,7 @@ def evaluate(
             support = "supported"
             withdrawn = False
         else:
-            answer = rag.ask(q.question, k=k)
+            answer = rag.ask(q.question, k=k, today=today or q.today or None)
             sources = list(answer.sources)
             record = answer.to_dict()
             found = answer.found
@@ -176,6 +184,7 @@ def evaluate(
             for stage, kinds in STAGES.items():
                 stage_right[stage] += support in kinds
         record.update(
+            kind=q.kind,
             id=q.id,
             question=q.question,
             gold=list(q.answers),
@@ -217,6 +226,7 @@ def evaluate(
     }
     return {
         "metrics": metrics,
+        "by_kind": by_kind(records) if generated else {},
         "settings": {
             "k": k,
             "retrieval_only": retrieval_only,
@@ -226,6 +236,23 @@ def evaluate(
         },
         "records": records,
     }
+
+
+def by_kind(records: Sequence[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Per question kind (a question set's `kind` field): containment of the answerable
+    questions, refusals of the unanswerable ones."""
+    out: dict[str, dict[str, Any]] = {}
+    for kind in sorted({r.get("kind", "") for r in records} - {""}):
+        rs = [r for r in records if r.get("kind") == kind]
+        ans = [r for r in rs if r["answerable"]]
+        un = [r for r in rs if not r["answerable"]]
+        out[kind] = {"questions": len(rs)}
+        if ans:
+            right = sum(r.get("found") is not False and contains(r.get("answer", ""), r["gold"]) for r in ans)
+            out[kind]["containment"] = round(right / len(ans), 4)
+        if un:
+            out[kind]["refusal_accuracy"] = round(sum(r.get("found") is False for r in un) / len(un), 4)
+    return out
 
 
 def gate_tradeoff(

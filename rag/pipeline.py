@@ -9,6 +9,8 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -16,21 +18,29 @@ from . import prompt as P
 from . import support as S
 from .embedding import Embedder, Progress, load_cross_encoder
 from .errors import IndexNotFound, InputError, QuestionError, QuestionTooLong, RagError
-from .filters import Filters
+from .filters import Filters, article_date
 from .generation import Gate, Generator, Message, local_generator
 from .guard import EXEMPLARS, mask, passages_for_model, planted_instructions
 from .ingest import ingest as _ingest
 from .ingest import remove as _remove
-from .retrieval import evidence, rerank, search
+from .retrieval import answering, answering_alike, by_date, evidence, newest_first, rerank, search
 from .settings import Settings
 from .store import CURRENT, Snapshot
 from .types import GATE, MODEL, SUPPORTED, UNSUPPORTED, Answer, ArticleInfo, IngestReport, Source, Timings
+from .when import QueryTime, read, today_of
 
 log = logging.getLogger(__name__)
 
 EMPTY_INDEX = "The index holds no articles yet. Add some with `rag ingest PATH...` or the Library tab."
 SENTENCE_CACHE = 2048
 NO_MATCH = "No article matches the filters ({}); widen or clear them."
+NO_ARTICLE = "No article from {}."
+# A recency question ("latest", "now") or a timeline draws this many times k passages. For
+# recency, those that answer about as well as the best (`retrieval.answering_alike`) give the
+# newest first; for a timeline, those whose own answerability reaches this share of the best
+# one's, in date order (both measured in docs/evaluation.md).
+TIME_POOL = 3
+TIMELINE_BAND = 0.6
 
 _CONTROL_CHARS = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
 
@@ -238,6 +248,18 @@ class RAG:
             for n, ((r, score), e, w) in enumerate(zip(hits, ev, withheld, strict=True), start=1)
         ]
 
+    def query_time(self, question: str, *, today: str | None = None) -> QueryTime:
+        """What `question` says about time (`rag.when`), read against `today` (default: the
+        `today` setting, else the clock). It is not applied when no indexed article is
+        dated: a date range would leave nothing to answer from, and dates cannot order
+        undated passages."""
+        when = read(question, today_of(self.settings.today if today is None else today))
+        if not when.empty:
+            snap = self.snapshot()
+            if snap is None or not snap.dated():
+                when = replace(when, applied=False)
+        return when
+
     def answerability(self, query: str, sources: Sequence[Source]) -> S.Answerability:
         """The gate's evidence that `sources` (from `retrieve`) hold the answer to `query`."""
         snap = self.snapshot()
@@ -293,17 +315,34 @@ class RAG:
         temperature: float | None = None,
         max_tokens: int | None = None,
         filters: Filters | None = None,
+        read_time: bool | None = None,
+        today: str | None = None,
     ) -> AnswerStream:
         """Start answering: iterate the result for text pieces, then read `.answer`.
-        `filters` restricts the answer to some articles (source, author, dates, ids)."""
+        `filters` restricts the answer to some articles (source, author, dates, ids);
+        `read_time` (default: the setting) reads the question's time into them, against
+        `today` (default: the setting, else the clock)."""
         q = self.check_question(question)
         query = self.standalone_query(q, history) if history else q
+        when = None
+        if self.settings.read_time if read_time is None else read_time:
+            if self._embedder is None:
+                # Reading dates first loads dateparser (a second or more): meanwhile the
+                # embedder loads.
+                with ThreadPoolExecutor(1) as pool:
+                    future = pool.submit(
+                        read, query, today_of(self.settings.today if today is None else today)
+                    )
+                    _ = self.embedder
+                    future.result()
+            when = self.query_time(query, today=today)
         return AnswerStream(
             self,
             question=q,
             query=query,
             k=k,
             filters=filters,
+            when=when,
             temperature=self.settings.temperature if temperature is None else temperature,
             max_tokens=max_tokens or self.settings.max_tokens,
         )
@@ -383,13 +422,27 @@ class AnswerStream:
         temperature: float,
         max_tokens: int,
         filters: Filters | None = None,
+        when: QueryTime | None = None,
     ) -> None:
         self.rag = rag
         self.question = question
         self.query = query
         self.filters = filters
+        self.when = when
+        # Once the question's dates filter the articles, its words for them ("in 2023") are
+        # not to be found in the passages: searched, gated and verified without them.
+        self.searched = when.without(query) if when is not None else query
         self._t0 = time.perf_counter()
-        self.sources: list[Source] = rag.retrieve(query, k=k, filters=filters)
+        # The question's own time narrows the user's filters, unless the two do not meet.
+        narrowed = when.filters(filters) if when is not None else filters
+        meet = when is None or narrowed is not None
+        self.sources: list[Source] = []
+        if meet:
+            k = k or rag.settings.top_k
+            ordered = when is not None and when.applied and (when.recency or when.timeline)
+            self.sources = rag.retrieve(self.searched, k=k * TIME_POOL if ordered else k, filters=narrowed)
+            if ordered and self.sources:
+                self.sources = self._in_time_order(k)
         self.retrieve_ms = (time.perf_counter() - self._t0) * 1000
         self.temperature = temperature
         self.max_tokens = max_tokens
@@ -400,16 +453,46 @@ class AnswerStream:
         self.evidence = S.Answerability(0.0, 0.0, 0.0)
         # (title, text) of each passage as the model was given it.
         self.given: list[tuple[str, str]] = []
+        # The line before each passage saying when its article was published (dated indexes).
+        self.headers: list[str] = []
         self.on_done: Callable[[Answer, str], None] | None = None
+
+    def _in_time_order(self, k: int) -> list[Source]:
+        """The passages of a recency question, the newest that answers first; of a timeline,
+        those that answer, in date order. Renumbered as the model will read them."""
+        assert self.when is not None
+        each = [self.rag.answerability(self.searched, [x]) for x in self.sources]
+        if self.when.timeline:
+            band = answering([a.score for a in each], TIMELINE_BAND)[:k]
+            chosen = by_date([self.sources[i] for i in band], lambda x: x.date)
+        else:
+            alike = answering_alike([a.cosine for a in each], [a.coverage for a in each])
+            chosen = newest_first(self.sources, alike, lambda x: x.date, k)
+        return [replace(x, n=n) for n, x in enumerate(chosen, start=1)]
 
     def __iter__(self) -> Iterator[str]:
         s = self.rag.settings
         snap = self.rag.snapshot()
-        ev = self.evidence = self.rag.answerability(self.query, self.sources)
-        if not self.sources or ev.cosine < s.min_score or ev.score < s.min_answerability:
+        ev = self.evidence = self.rag.answerability(self.searched, self.sources)
+        when = self.when
+        # "What happened in Riverton yesterday?": the date range chose the passages, and they
+        # name what the question names; the model and the check after it still have their say.
+        digest = (
+            when is not None
+            and when.digest
+            and when.bounded
+            and when.applied
+            and S.names_held(self.searched, [(x.title, mask(x.text, x.withheld)) for x in self.sources])
+        )
+        weak = ev.cosine < s.min_score or ev.score < s.min_answerability
+        if not self.sources or (weak and not digest):
             # Evidence too weak to answer from: say so without spending the model's time.
             if snap is None:
                 msg = EMPTY_INDEX
+            elif not self.sources and when is not None and when.bounded and when.applied:
+                msg = NO_ARTICLE.format(when.span())
+                if self.filters is not None and self.filters.active:
+                    msg = msg[:-1] + f" matching the filters ({self.filters.describe()})."
             elif not self.sources and self.filters is not None and self.filters.active:
                 msg = NO_MATCH.format(self.filters.describe())
             else:
@@ -419,9 +502,22 @@ class AnswerStream:
             self._finish(support=GATE, first_ms=0.0, prompt_tokens=0)
             yield msg
             return
+        if self.when is not None and self.when.timeline and self.when.applied:
+            yield from self._timeline()
+            return
         gen = self.rag.generator
         given = passages_for_model(self.sources, windows=s.windows)
-        messages, used = P.build_messages(self.query, given, gen, max_tokens=self.max_tokens)
+        # Only with time reading on: off, the prompt is the one an undated index gets.
+        dated = self.when is not None and snap is not None and snap.dated()
+        self.headers = [_published(x) for x in self.sources] if dated else []
+        messages, used = P.build_messages(
+            self.query,
+            given,
+            gen,
+            max_tokens=self.max_tokens,
+            headers=self.headers,
+            today=self.when.today.isoformat() if dated and self.when else "",
+        )
         self.sources = self.sources[:used]
         self.given = given[:used]
         prompt = gen.format(messages)
@@ -458,15 +554,49 @@ class AnswerStream:
         support = MODEL if P.is_refusal(self.text) else SUPPORTED
         if support == SUPPORTED and s.verify and snap is not None:
             support = self._verify(snap)
+        if support == SUPPORTED and self.when is not None and self.when.recency and self.headers:
+            # "Who is the chief executive now?": the answer says how recent "now" is. The small
+            # model, asked to, seldom does (docs/evaluation.md): the cited article's date does.
+            note = _as_of(self.text, self.sources)
+            if note:
+                self.text += note
+                yield note
         self._finish(support=support, first_ms=first_ms, prompt_tokens=len(prompt.tokens))
+
+    def _timeline(self) -> Iterator[str]:
+        """A timeline answer: each passage's evidence sentence under its article's date,
+        oldest first, each cited. Composed, not generated: asked for dated lines, the small
+        bundled model wrote a list of citations instead (docs/evaluation.md)."""
+        lines = []
+        for x in self.sources:
+            day = article_date(x.date)
+            sentence = " ".join(x.evidence or (x.text,)).strip().rstrip(".")
+            lines.append(f"- {day.isoformat() if day else 'undated'}: {sentence} [{x.n}].")
+        first_ms = (time.perf_counter() - self._t0) * 1000
+        for line in lines:
+            self.text += line + "\n"
+            yield line + "\n"
+        self.text = self.text.strip()
+        self._finish(support=SUPPORTED, first_ms=first_ms, prompt_tokens=0)
 
     def _verify(self, snap: Snapshot) -> str:
         """`supported`, or `unsupported: <check>` with the answer withdrawn: the model's text
         moves to `draft`, and the answer says what the closest passage does say."""
-        # Checked against what the model was given, not the whole passages.
-        passages = [(x.n, title, text) for x, (title, text) in zip(self.sources, self.given, strict=True)]
+        # Checked against what the model was given, not the whole passages, with the line
+        # saying when each was published ("As of 12 March 2026, ...").
+        heads = self.headers + [""] * (len(self.sources) - len(self.headers))
+        passages = [
+            (x.n, f"{title}\n{head}".strip(), text)
+            for x, (title, text), head in zip(self.sources, self.given, heads, strict=True)
+        ]
+        # The question's date words, left out of the search, are left out of the answer too.
+        said = self.when.without(self.text) if self.when is not None else self.text
         verdict = S.verify(
-            self.query, self.text, passages, S.index_rarity(snap), min_support=self.rag.settings.min_support
+            self.searched,
+            said,
+            passages,
+            S.index_rarity(snap),
+            min_support=self.rag.settings.min_support,
         )
         if verdict.supported:
             return SUPPORTED
@@ -484,7 +614,7 @@ class AnswerStream:
         evidence = [s.evidence for s in self.sources]
         if found and self.sources:
             masked = [mask(s.text, s.withheld) for s in self.sources]
-            evidence = self.rag.answer_evidence(self.query, self.text, masked)
+            evidence = self.rag.answer_evidence(self.searched, self.text, masked)
         sources = tuple(
             Source(**{**s.__dict__, "cited": s.n in cited, "evidence": e})
             for s, e in zip(self.sources, evidence, strict=True)
@@ -500,6 +630,7 @@ class AnswerStream:
             support=support,
             draft=self.draft,
             answerability=self.evidence.score,
+            query_time=self.when,
             timings=Timings(
                 retrieve_ms=round(self.retrieve_ms, 1),
                 first_token_ms=round(first_ms, 1),
@@ -511,6 +642,26 @@ class AnswerStream:
         )
         if self.on_done is not None:
             self.on_done(self.answer, self.question)
+
+
+def _as_of(answer: str, sources: Sequence[Source]) -> str:
+    """`(As of 12 March 2026, the date of [2].)`: the newest article the answer cites."""
+    cited = set(P.citations(answer))
+    dated = [(day, x.n) for x in sources if x.n in cited and (day := article_date(x.date)) is not None]
+    if not dated:
+        return ""
+    day, n = max(dated)
+    return f"\n\n(As of {day.day} {day:%B %Y}, the date of [{n}].)"
+
+
+def _published(source: Source) -> str:
+    """A passage's line for the model: when and by whom its article was published."""
+    day = article_date(source.date)
+    if day is None:
+        return ""
+    by = f" by {source.source}" if source.source else ""
+    # In words, as an answer would write it: "As of 12 March 2026".
+    return f"Published {day.day} {day:%B %Y}{by}."
 
 
 class ChatSession:

@@ -18,6 +18,13 @@ SYSTEM = (
     "contain the answer, reply only: " + REFUSAL
 )
 
+# Said only over dated articles, where it matters: the prompt of an undated index is as before.
+DATED = (
+    " Today is {today}. Each passage says when it was published. When passages disagree, the "
+    "newest one that answers wins, unless the question names a time. Where it matters, say when "
+    "the fact dates from, like: As of 12 March 2026, ... [2]"
+)
+
 # Control-token look-alikes from common chat templates: article text must never turn into
 # a role switch or an end-of-turn once the prompt is tokenised with special tokens on.
 _CONTROL = re.compile(
@@ -55,8 +62,10 @@ def mark_sentences(n: int, text: str) -> str:
     return "".join(out) + text[pos:]
 
 
-def format_passage(n: int, title: str, text: str) -> str:
+def format_passage(n: int, title: str, text: str, header: str = "") -> str:
     head = f"{sanitize(title)}\n" if title else ""
+    if header:
+        head += f"{sanitize(header)}\n"
     return f'<passage id="{n}">\n{head}{mark_sentences(n, sanitize(text))}\n</passage>'
 
 
@@ -89,22 +98,27 @@ def build_messages(
     *,
     max_tokens: int,
     history: Sequence[Message] = (),
+    headers: Sequence[str] = (),
+    today: str = "",
 ) -> tuple[list[Message], int]:
     """Chat messages for `question` over `(title, text)` passages, trimmed to fit
     n_ctx minus the answer budget; returns the messages and how many passages fit whole
-    or in part."""
+    or in part. `headers` (one per passage, "Published 12 March 2026 by ...") and `today`
+    tell the model when each passage dates from."""
     question = sanitize(question)
-    fixed = [{"role": "system", "content": SYSTEM}, *EXAMPLE, *history]
+    system = SYSTEM + (DATED.format(today=today) if today else "")
+    fixed = [{"role": "system", "content": system}, *EXAMPLE, *history]
     tail = f"\n\nQuestion: {question}"
     # Template tokens (role markers) are not counted by count_tokens: keep a margin.
     overhead = sum(generator.count_tokens(m["content"]) + 8 for m in fixed)
     budget = generator.n_ctx - max_tokens - overhead - generator.count_tokens(tail) - 16
     blocks: list[str] = []
     for n, (title, text) in enumerate(passages, start=1):
-        block = format_passage(n, title, text)
+        header = headers[n - 1] if n <= len(headers) else ""
+        block = format_passage(n, title, text, header)
         cost = generator.count_tokens(block) + 2
         if cost > budget:
-            block = _trim_to(block, budget, generator, n, title, text)
+            block = _trim_to(block, budget, generator, n, title, text, header)
             if block:
                 blocks.append(block)
             break
@@ -116,18 +130,20 @@ def build_messages(
     return [*fixed, {"role": "user", "content": content}], len(blocks)
 
 
-def _trim_to(block: str, budget: int, generator: Generator, n: int, title: str, text: str) -> str:
+def _trim_to(
+    block: str, budget: int, generator: Generator, n: int, title: str, text: str, header: str = ""
+) -> str:
     if budget < 32:
         return ""
     lo, hi = 0, len(text)
     # Binary search on characters, measured in the model's own tokens.
     while lo < hi:
         mid = (lo + hi + 1) // 2
-        if generator.count_tokens(format_passage(n, title, text[:mid])) + 2 <= budget:
+        if generator.count_tokens(format_passage(n, title, text[:mid], header)) + 2 <= budget:
             lo = mid
         else:
             hi = mid - 1
-    return format_passage(n, title, text[:lo]) if lo > 0 else ""
+    return format_passage(n, title, text[:lo], header) if lo > 0 else ""
 
 
 def citations(answer: str) -> list[int]:

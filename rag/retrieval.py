@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
-from typing import TYPE_CHECKING
+from datetime import date
+from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
 
 from .chunking import split_sentences
+from .filters import article_date
 from .store import ChunkRow, Snapshot
+
+T = TypeVar("T")
 
 if TYPE_CHECKING:
     from sentence_transformers import CrossEncoder
@@ -93,6 +97,53 @@ def rerank(
     scores = np.asarray(cross_encoder.predict(pairs, show_progress_bar=False), dtype=np.float64).reshape(-1)
     order = np.argsort(-scores, kind="stable")[:k]
     return [hits[int(i)] for i in order]
+
+
+def answering(scores: Sequence[float], ratio: float) -> list[int]:
+    """Indices of the items whose score is at least `ratio` times the best: the passages
+    that answer about as well as the best one does."""
+    best = max(scores, default=0.0)
+    return [i for i, x in enumerate(scores) if best > 0 and x >= ratio * best]
+
+
+def answering_alike(
+    cosines: Sequence[float], coverages: Sequence[float], *, close: float = 0.85, floor: float = 0.7
+) -> list[int]:
+    """Indices of the passages that answer about as well as the best: a cosine within `close`
+    of the best cosine, or all of the best coverage of the question's words with a cosine
+    within `floor` of it (a newer article that words the same fact differently)."""
+    if not cosines:
+        return []
+    best_cos, best_cov = max(cosines), max(coverages)
+    return [
+        i
+        for i, (c, v) in enumerate(zip(cosines, coverages, strict=True))
+        if best_cos > 0 and (c >= close * best_cos or (v >= best_cov and c >= floor * best_cos))
+    ]
+
+
+def newest_first(items: Sequence[T], band: Sequence[int], date_of: Callable[[T], str], k: int) -> list[T]:
+    """`k` of `items` (ranked best first) for a question asking for the newest: the newest
+    item of `band` (indices of those that answer about as well as the best) first, taking the
+    place of the k-th when it ranks below, the others outside the band next, the band's
+    older items last. Nothing of the top k is dropped but its last, and only for a newer answer."""
+    top = list(range(min(k, len(items))))
+    if not band or not top:
+        return [items[i] for i in top]
+    # An undated article, or one of the same day, keeps its rank among its equals.
+    newest = min(band, key=lambda i: (-(article_date(date_of(items[i])) or date.min).toordinal(), i))
+    if newest not in top:
+        top[-1] = newest
+    inside = set(band)
+    rest = [i for i in top if i not in inside]
+    older = [i for i in top if i in inside and i != newest]
+    return [items[i] for i in [newest, *rest, *older]]
+
+
+def by_date(items: Sequence[T], date_of: Callable[[T], str]) -> list[T]:
+    """`items` oldest first; undated ones first too (as the oldest), in their order."""
+    keyed = [(article_date(date_of(x)) or date.min, i, x) for i, x in enumerate(items)]
+    return [x for _, _, x in sorted(keyed, key=lambda t: (t[0], t[1]))]
 
 
 def _scale(x: float, values: Iterable[float]) -> float:

@@ -49,6 +49,7 @@ from .filters import Filters
 from .generation import BackendError
 from .pipeline import RAG, AnswerStream
 from .types import Answer
+from .when import today_of
 
 log = logging.getLogger(__name__)
 
@@ -149,6 +150,34 @@ class ChatCompletionRequest(BaseModel):
     n: int | None = Field(None, ge=1, le=1, description="Only one answer per request.")
     k: int | None = Field(None, ge=1, le=MAX_K, description="Passages to retrieve (extension).")
     filters: FiltersIn | None = Field(None, description="Only these articles may answer (extension).")
+    read_time: bool | None = Field(
+        None,
+        description="Read time in the question: 'in 2024', 'last week' filter the articles by date, "
+        "'latest' prefers newer ones (extension; default: the server's setting, on).",
+    )
+    today: str | None = Field(
+        None,
+        description="The date the question's time is read against, YYYY-MM-DD (extension; default: "
+        "the server's clock).",
+        examples=["2026-12-01"],
+    )
+
+
+class QueryTimeOut(BaseModel):
+    """What the question said about time, as `Answer.to_dict()["query_time"]`."""
+
+    today: str
+    expression: str = Field(description='The words read as a date range ("last week"); empty: none.')
+    since: str = Field(description="The range's first day (YYYY-MM-DD); empty: open.")
+    until: str = Field(description="The range's last day; empty: open.")
+    recency: bool = Field(
+        description='The question asks for the newest ("latest", "now"): newer articles preferred.'
+    )
+    timeline: bool = Field(description="The question asks how something developed: passages in date order.")
+    applied: bool = Field(description="False when the range filtered nothing (no indexed article is dated).")
+    dates: list[str] = Field(description='The date words themselves ("in 2024"), left out of the search.')
+    digest: bool = Field(description='The question asks what happened then ("What happened yesterday?").')
+    label: str = Field(description='For people: "since 2026-11-24 (last week)".')
 
 
 class CopyOut(BaseModel):
@@ -240,6 +269,9 @@ class ChatCompletion(BaseModel):
     found: bool = Field(description="False when the articles do not hold the answer.")
     support: str = Field(description=SUPPORT_DOC)
     query: str = Field(description="What was searched: the question, or its standalone rewrite.")
+    query_time: QueryTimeOut | None = Field(
+        None, description="The question's time, as read (null: reading off)."
+    )
     timings: TimingsOut
 
 
@@ -268,6 +300,7 @@ class ChatCompletionChunk(BaseModel):
     found: bool | None = None
     support: str | None = Field(None, description=SUPPORT_DOC)
     query: str | None = None
+    query_time: QueryTimeOut | None = None
     withdrawn: bool | None = Field(
         None, description="True when the streamed text was withdrawn: show `answer` instead."
     )
@@ -725,6 +758,11 @@ def create_app(
                 param="max_tokens",
             )
         filters = body.filters.to_filters() if body.filters else None
+        if body.today:
+            try:
+                today_of(body.today)
+            except ConfigError as e:
+                raise ApiError(400, str(e), code="invalid_value", param="today") from None
         stream: AnswerStream = await run_in_threadpool(
             lambda: r.stream(
                 question,
@@ -733,6 +771,8 @@ def create_app(
                 temperature=body.temperature,
                 max_tokens=max_tokens,
                 filters=filters,
+                read_time=body.read_time,
+                today=body.today,
             )
         )
         pieces = iter(stream)
@@ -859,6 +899,7 @@ class Reply:
             found=answer.found,
             support=answer.support,
             query=answer.query,
+            query_time=QueryTimeOut(**d["query_time"]) if d["query_time"] else None,
             timings=TimingsOut(**d["timings"]),
         )
 
@@ -894,6 +935,7 @@ class Reply:
                 found=answer.found,
                 support=answer.support,
                 query=answer.query,
+                query_time=d["query_time"],
                 timings=d["timings"],
                 **withdrawn,
             )

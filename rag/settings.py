@@ -33,6 +33,7 @@ ENV_VARS: dict[str, str] = {
     "min_answerability": "RAG_MIN_ANSWERABILITY",
     "ann_threshold": "RAG_ANN_THRESHOLD",
     "dedup_threshold": "RAG_DEDUP_THRESHOLD",
+    "today": "RAG_TODAY",
 }
 
 
@@ -117,6 +118,10 @@ class Settings:
         dedup_threshold: estimated Jaccard similarity of 5-word shingles (`rag.dedup`) from
             which a new article is stored as a syndicated copy of an indexed one instead of
             being indexed itself (0: every article is indexed).
+        today: the date questions are read against (`YYYY-MM-DD`); empty: the clock's.
+        read_time: read time in questions (`rag.when`): "in 2024" and "last week" filter the
+            articles by date, "latest" prefers newer ones, "how did X develop" orders the
+            passages by date.
     """
 
     index: Path = Path("index")
@@ -156,6 +161,8 @@ class Settings:
     context: str = "passages"
     flash_attn: bool = True
     dedup_threshold: float = 0.5
+    today: str = ""
+    read_time: bool = True
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "index", Path(self.index))
@@ -196,6 +203,10 @@ class Settings:
             raise ConfigError(f"mmr must be above 0 and at most 1 (1: off), got {self.mmr!r}")
         if not 0 <= self.dedup_threshold <= 1:
             raise ConfigError(f"dedup_threshold must be between 0 and 1, got {self.dedup_threshold!r}")
+        if self.today:
+            from .when import today_of
+
+            today_of(self.today)
         if self.max_file_mb <= 0:
             raise ConfigError(f"max_file_mb must be positive, got {self.max_file_mb!r}")
         if self.max_tokens >= self.n_ctx:

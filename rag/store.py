@@ -419,6 +419,7 @@ class Snapshot:
         if self.index_type != FLAT:
             faiss.extract_index_ivf(self.index).nprobe = int(self.index_params["nprobe"])
         self._dates: dict[str, date | None] = {}
+        self._any_dated: bool | None = None
         uri = f"file:{folder / CHUNKS}?mode=ro&immutable=1"
         # check_same_thread=False: the UI searches from worker threads; the file is immutable.
         self.db = sqlite3.connect(uri, uri=True, check_same_thread=False)
@@ -576,6 +577,13 @@ class Snapshot:
                 (json.dumps(ids),),
             )
         ]
+
+    def dated(self) -> bool:
+        """Whether any article has a readable date (a question's time can filter them)."""
+        if self._any_dated is None:
+            rows = self.db.execute("SELECT id, date FROM articles WHERE date != ''").fetchall()
+            self._any_dated = any(self._in_range(i, d, None, None) for i, d in rows)
+        return self._any_dated
 
     def _in_range(self, article_id: str, raw: str, lo: date | None, hi: date | None) -> bool:
         # Parsed once per snapshot: the generation never changes under it.

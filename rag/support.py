@@ -188,6 +188,15 @@ def _keys(sentence: str, new: Sequence[str]) -> list[str]:
     return keys
 
 
+def names_held(question: str, passages: Sequence[tuple[str, str]]) -> bool:
+    """Whether every name of `question` (its capitalised words) occurs in one of the
+    `(title, text)` passages: "What happened at Ashford Athletic?" is not about a flood on
+    Ashford's high street."""
+    names = [t for t in _keys(question, content_terms(question)) if not _numeric(t)]
+    held = set().union(*terms([f"{title}\n{text}" for title, text in passages])) if passages else set()
+    return all(t in held for t in names)
+
+
 def _has_kind(kind: str | None, sentence: str, new: Sequence[str], keys: Sequence[str]) -> bool:
     """Whether the claim holds what the question asks for (any claim answers a yes-or-no one)."""
     if kind == "date":

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .when import QueryTime
 
 
 @dataclass(frozen=True)
@@ -117,7 +120,9 @@ class Answer:
     (the passages were too far from the question to ask the model), `model` (the model said
     the articles do not hold it) or `unsupported: <check>` (the model answered, the check
     failed, and `answer` says so instead; the model's text is kept in `draft`).
-    `answerability` is the gate's score for the question (see `rag.support`)."""
+    `answerability` is the gate's score for the question (see `rag.support`); `query_time`
+    what the question said about time and how it was applied (`rag.when`; None when time
+    reading was off)."""
 
     answer: str
     found: bool
@@ -127,6 +132,7 @@ class Answer:
     support: str = SUPPORTED
     draft: str = ""
     answerability: float = 0.0
+    query_time: QueryTime | None = None
 
     @property
     def cited_sources(self) -> tuple[Source, ...]:
@@ -149,6 +155,7 @@ class Answer:
             "timings": asdict(self.timings),
             "draft": self.draft,
             "answerability": self.answerability,
+            "query_time": self.query_time.to_dict() if self.query_time else None,
         }
 
 

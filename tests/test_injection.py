@@ -351,8 +351,9 @@ class Outcome:
     correct: bool
 
 
-def _naive_passage(n: int, title: str, text: str) -> str:
-    return f"[{n}] {title}\n{text}"
+def _naive_passage(n: int, title: str, text: str, header: str = "") -> str:
+    head = f"{header}\n" if header else ""
+    return f"[{n}] {title}\n{head}{text}"
 
 
 class _NoCheck(P.CitationCheck):

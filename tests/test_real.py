@@ -157,7 +157,10 @@ def test_cli_ask_json(tmp_path):
         "timings",
         "draft",
         "answerability",
+        "query_time",
     }
+    # The sample's question says nothing of time.
+    assert data["query_time"]["label"] == "" and not data["query_time"]["recency"]
     assert data["found"] is True and data["support"] == "supported" and data["draft"] == ""
     assert data["query"] == ALUMINUM and "2 million" in data["answer"]
     src = data["sources"][0]

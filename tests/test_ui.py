@@ -418,3 +418,31 @@ def test_withheld_sentence_is_shown_to_the_reader_marked(tmp_path, real_embedder
         assert f"“{planted}”" in sources
     finally:
         demo.close(verbose=False)
+
+
+def test_the_questions_time_is_shown_and_can_be_undone(tmp_path, real_embedder):
+    from .test_api import CannedGenerator
+
+    r = rag.RAG(
+        rag.Settings(index=tmp_path / "index", today="2026-12-01"),
+        embedder=real_embedder,
+        generator=CannedGenerator(("The wind farm was approved [1].",)),
+    )
+    r.ingest([Path(__file__).parent / "data" / "time" / "articles.jsonl"])
+    demo, url = launch(r, port=free_port())
+    try:
+        c = Client(url, verbose=False)
+        chat, _, _, query, *_ = c.predict(
+            "What happened at the Port Carrow wind farm in 2021?", 5, 0.0, 32, api_name="/ask"
+        )
+        assert answer_of(chat) == "No article from 2021-01-01 to 2021-12-31."
+        assert "Time read in the question: **2021-01-01 to 2021-12-31 (in 2021)**" in query
+        chat, _, sources, query, *_ = c.predict(5, 0.0, 32, api_name="/ask_untimed")
+        # Asked again without it: answered from the closest articles, whatever their date.
+        assert "The wind farm was approved [1]." in answer_of(chat)
+        assert "Time read" not in query and "Port Carrow" in sources
+        chat, *_ = c.predict("What opened in Northvale last week?", 5, 0.0, 32, api_name="/ask")
+        note = '<em>time:</em> <span class="rag-time">since 2026-11-24 (last week)</span>'
+        assert any(note in text_of(m) for m in chat)
+    finally:
+        demo.close(verbose=False)

@@ -284,7 +284,7 @@ def _withheld(source: dict[str, Any]) -> str:
 
 def _chat_sources(turn: Turn) -> str:
     """The short list shown under an answer in the chat itself."""
-    lines = [f"<p><em>Searched for:</em> {_esc(turn['query'])}</p>"]
+    lines = [f"<p><em>Searched for:</em> {_esc(turn['query'])}{_time_note(turn)}</p>"]
     for s in turn["sources"]:
         cited = ' <span class="rag-badge">cited</span>' if _is_cited(turn, s) else ""
         meta = _meta(s["date"], s["url"], s["source"])
@@ -294,6 +294,12 @@ def _chat_sources(turn: Turn) -> str:
             f"{' · ' + meta if meta else ''}{cited}<br>{evidence}</div>"
         )
     return "\n".join(lines)
+
+
+def _time_note(turn: Turn) -> str:
+    """The question's time as read, after "Searched for": `· time: since 2026-11-24 (last week)`."""
+    label = (turn.get("query_time") or {}).get("label", "")
+    return f' · <em>time:</em> <span class="rag-time">{_esc(label)}</span>' if label else ""
 
 
 def _answer_text(turn: Turn) -> str:
@@ -364,9 +370,13 @@ def query_text(turns: list[Turn], index: int | None) -> str:
     if index is None or not 0 <= index < len(turns):
         return ""
     turn = turns[index]
-    if turn["query"] == turn["question"]:
-        return f"`{turn['query']}`"
-    return f"`{turn['query']}`\n\n(rewritten from your question using the conversation)"
+    text = f"`{turn['query']}`"
+    if turn["query"] != turn["question"]:
+        text += "\n\n(rewritten from your question using the conversation)"
+    label = (turn.get("query_time") or {}).get("label", "")
+    if label:
+        text += f"\n\nTime read in the question: **{label}**. *Ask again without its time* ignores it."
+    return text
 
 
 def article_html(info: rag.ArticleInfo, text: str, source: dict[str, Any] | None) -> str:
@@ -516,6 +526,70 @@ def build_app(rag_: RAG) -> gr.Blocks:
         turns: list[Turn] | None,
         request: gr.Request,
     ) -> Iterator[tuple[Any, ...]]:
+        yield from answer_turn(
+            question,
+            top_k,
+            temperature,
+            max_tokens,
+            only_sources,
+            author,
+            since,
+            until,
+            only_articles,
+            turns,
+            request,
+            read_time=None,
+        )
+
+    def ask_untimed(
+        shown: int | None,
+        top_k: float,
+        temperature: float,
+        max_tokens: float,
+        only_sources: list[str] | None,
+        author: str | None,
+        since: str | None,
+        until: str | None,
+        only_articles: list[str] | None,
+        turns: list[Turn] | None,
+        request: gr.Request,
+    ) -> Iterator[tuple[Any, ...]]:
+        """The shown question (else the last) asked again, its time reading undone."""
+        turns = list(turns or [])
+        at = shown if shown is not None and 0 <= shown < len(turns) else len(turns) - 1
+        if at < 0 or not (turns[at].get("query_time") or {}).get("label"):
+            yield outputs(turns, at if at >= 0 else None, "That question had no time to ignore.")
+            return
+        yield from answer_turn(
+            turns[at]["question"],
+            top_k,
+            temperature,
+            max_tokens,
+            only_sources,
+            author,
+            since,
+            until,
+            only_articles,
+            turns,
+            request,
+            read_time=False,
+        )
+
+    def answer_turn(
+        question: str,
+        top_k: float,
+        temperature: float,
+        max_tokens: float,
+        only_sources: list[str] | None,
+        author: str | None,
+        since: str | None,
+        until: str | None,
+        only_articles: list[str] | None,
+        turns: list[Turn] | None,
+        request: gr.Request,
+        *,
+        read_time: bool | None,
+    ) -> Iterator[tuple[Any, ...]]:
         turns = list(turns or [])
         r = engine.rag
         question = (question or "").strip()
@@ -554,6 +628,7 @@ def build_app(rag_: RAG) -> gr.Blocks:
             "outcome": "",
             "timings": None,
             "note": "",
+            "query_time": None,
         }
         turns.append(turn)
         index = len(turns) - 1
@@ -569,8 +644,10 @@ def build_app(rag_: RAG) -> gr.Blocks:
                 temperature=float(temperature),
                 max_tokens=int(max_tokens),
                 filters=filters,
+                read_time=read_time,
             )
             turn["query"] = stream.query
+            turn["query_time"] = stream.when.to_dict() if stream.when else None
             turn["sources"] = [src.to_dict() for src in stream.sources]
             waiting = r.gate.busy
             turn["state"] = "waiting" if waiting else "streaming"
@@ -593,6 +670,7 @@ def build_app(rag_: RAG) -> gr.Blocks:
                     support=answer.support,
                     outcome=answer.outcome,
                     query=answer.query,
+                    query_time=answer.query_time.to_dict() if answer.query_time else None,
                     sources=[src.to_dict() for src in answer.sources],
                     timings=asdict(answer.timings),
                     state="done",
@@ -822,6 +900,7 @@ def build_app(rag_: RAG) -> gr.Blocks:
                 )
                 with gr.Accordion("Searched for", open=False):
                     query = gr.Markdown("", elem_id="query")
+                    untimed_btn = gr.Button("Ask again without its time", size="sm", elem_id="ignore-time")
                 gr.Markdown("### Article")
                 viewer = gr.HTML(ARTICLE_PLACEHOLDER, js_on_load=ARTICLE_JS, elem_id="article")
         with gr.Tab("Library"):
@@ -866,26 +945,36 @@ def build_app(rag_: RAG) -> gr.Blocks:
             removed = gr.Markdown("")
 
         chat_outputs = [chatbot, turns, question, sources, query, status, timings, shown]
+        # What a question is asked with: the settings and filters, and the conversation.
+        asked_with = [
+            top_k,
+            temperature,
+            max_tokens,
+            only_sources,
+            author,
+            since,
+            until,
+            only_articles,
+            turns,
+        ]
         asking = gr.on(
             [question.submit, send.click],
             ask,
-            inputs=[
-                question,
-                top_k,
-                temperature,
-                max_tokens,
-                only_sources,
-                author,
-                since,
-                until,
-                only_articles,
-                turns,
-            ],
+            inputs=[question, *asked_with],
             outputs=chat_outputs,
             api_name="ask",
             show_progress="hidden",
             trigger_mode="once",
             # The model's Gate is the one queue: it tells a waiting user so, and refuses when full.
+            concurrency_limit=None,
+        )
+        untimed = untimed_btn.click(
+            ask_untimed,
+            inputs=[shown, *asked_with],
+            outputs=chat_outputs,
+            api_name="ask_untimed",
+            show_progress="hidden",
+            trigger_mode="once",
             concurrency_limit=None,
         )
         stop_btn.click(
@@ -894,7 +983,7 @@ def build_app(rag_: RAG) -> gr.Blocks:
         new_chat_btn.click(
             new_chat,
             outputs=[chatbot, turns, sources, query, status, timings, shown, viewer],
-            cancels=[asking],
+            cancels=[asking, untimed],
             api_name="new_chat",
         )
         chatbot.select(pick_turn, inputs=[turns], outputs=[sources, query, shown], api_visibility="private")
@@ -1119,6 +1208,9 @@ def serve(
     r = RAG(settings)
     # Load both models before the first visitor, so that a bad model path stops the start.
     _ = r.embedder, r.generator
+    if settings.read_time:
+        # Reading a first date loads dateparser's data (a second or more): not on a visitor's time.
+        r.query_time("What happened last week?")
     check = getattr(r.generator, "check", None)
     problem = check() if check is not None else None
     if problem:

@@ -647,12 +647,13 @@ def _interleave(plan: Sequence[str], raws: Sequence[float], runs: Sequence[float
 # -- query -----------------------------------------------------------------------------------
 
 
-def shared_prefix(generator: LlamaCppGenerator) -> list[int]:
+def shared_prefix(generator: LlamaCppGenerator, today: str = "") -> list[int]:
     """The prompt tokens every question shares (system prompt, worked example, template):
-    what llama.cpp keeps in its KV cache from one question to the next."""
+    what llama.cpp keeps in its KV cache from one question to the next. `today`: the date
+    the system prompt names over dated articles."""
     from . import prompt as P
 
-    fixed = [{"role": "system", "content": P.SYSTEM}, *P.EXAMPLE]
+    fixed = [{"role": "system", "content": P.system_prompt(today)}, *P.EXAMPLE]
     a = generator.format([*fixed, {"role": "user", "content": "alpha"}]).tokens
     b = generator.format([*fixed, {"role": "user", "content": "omega"}]).tokens
     n = 0
@@ -729,7 +730,9 @@ def bench_query(
     llm = generator.llm
     k = settings.top_k
     pool = min(max(4 * k, 20), len(snap))
-    prefix = shared_prefix(generator)
+    # Over dated articles the pipeline's prompt names today and each passage's date: so does this one.
+    today = rag.query_time(questions[0]).today.isoformat() if settings.read_time and snap.dated() else ""
+    prefix = shared_prefix(generator, today)
     # Warm-up: first calls allocate buffers and page the model in.
     rag.retrieve(questions[0], k=k)
     _prime(llm, prefix)
@@ -766,6 +769,8 @@ def bench_query(
             passages_for_model(sources, windows=settings.windows),
             generator,
             max_tokens=settings.max_tokens,
+            headers=[P.published(s.date, s.source) for s in sources] if today else (),
+            today=today,
         )
         prompt = generator.format(messages)
         r["prompt_ms"] = (time.perf_counter() - t) * 1000

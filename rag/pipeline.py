@@ -509,7 +509,7 @@ class AnswerStream:
         given = passages_for_model(self.sources, windows=s.windows)
         # Only with time reading on: off, the prompt is the one an undated index gets.
         dated = self.when is not None and snap is not None and snap.dated()
-        self.headers = [_published(x) for x in self.sources] if dated else []
+        self.headers = [P.published(x.date, x.source) for x in self.sources] if dated else []
         messages, used = P.build_messages(
             self.query,
             given,
@@ -652,16 +652,6 @@ def _as_of(answer: str, sources: Sequence[Source]) -> str:
         return ""
     day, n = max(dated)
     return f"\n\n(As of {day.day} {day:%B %Y}, the date of [{n}].)"
-
-
-def _published(source: Source) -> str:
-    """A passage's line for the model: when and by whom its article was published."""
-    day = article_date(source.date)
-    if day is None:
-        return ""
-    by = f" by {source.source}" if source.source else ""
-    # In words, as an answer would write it: "As of 12 March 2026".
-    return f"Published {day.day} {day:%B %Y}{by}."
 
 
 class ChatSession:

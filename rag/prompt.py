@@ -6,6 +6,7 @@ import re
 from collections.abc import Sequence
 
 from .chunking import split_sentences
+from .filters import article_date
 from .generation import Generator, Message
 
 REFUSAL = "The articles do not say."
@@ -24,6 +25,22 @@ DATED = (
     "newest one that answers wins, unless the question names a time. Where it matters, say when "
     "the fact dates from, like: As of 12 March 2026, ... [2]"
 )
+
+
+def system_prompt(today: str = "") -> str:
+    """The system message: with `today` (the index has dated articles), the date rules too."""
+    return SYSTEM + (DATED.format(today=today) if today else "")
+
+
+def published(date: str, source: str) -> str:
+    """A passage's line for the model: when and by whom its article was published, in words
+    as an answer would write it ("As of 12 March 2026"); empty for an undated article."""
+    day = article_date(date)
+    if day is None:
+        return ""
+    by = f" by {source}" if source else ""
+    return f"Published {day.day} {day:%B %Y}{by}."
+
 
 # Control-token look-alikes from common chat templates: article text must never turn into
 # a role switch or an end-of-turn once the prompt is tokenised with special tokens on.
@@ -106,8 +123,7 @@ def build_messages(
     or in part. `headers` (one per passage, "Published 12 March 2026 by ...") and `today`
     tell the model when each passage dates from."""
     question = sanitize(question)
-    system = SYSTEM + (DATED.format(today=today) if today else "")
-    fixed = [{"role": "system", "content": system}, *EXAMPLE, *history]
+    fixed = [{"role": "system", "content": system_prompt(today)}, *EXAMPLE, *history]
     tail = f"\n\nQuestion: {question}"
     # Template tokens (role markers) are not counted by count_tokens: keep a margin.
     overhead = sum(generator.count_tokens(m["content"]) + 8 for m in fixed)

@@ -330,12 +330,11 @@ class RAG:
                 # Reading dates first loads dateparser (a second or more): meanwhile the
                 # embedder loads.
                 with ThreadPoolExecutor(1) as pool:
-                    future = pool.submit(
-                        read, query, today_of(self.settings.today if today is None else today)
-                    )
+                    future = pool.submit(self.query_time, query, today=today)
                     _ = self.embedder
-                    future.result()
-            when = self.query_time(query, today=today)
+                    when = future.result()
+            else:
+                when = self.query_time(query, today=today)
         return AnswerStream(
             self,
             question=q,

@@ -8,8 +8,10 @@ print(answer.answer, [s.title for s in answer.cited_sources])
 
 from __future__ import annotations
 
+from .chats import Chat, Chats, ChatTurn
 from .errors import (
     Busy,
+    ChatNotFound,
     ConfigError,
     EmbedderMismatch,
     FilterError,
@@ -23,6 +25,7 @@ from .errors import (
     RagError,
 )
 from .filters import Filters
+from .followup import FollowUp
 from .settings import Settings
 from .types import Answer, Article, ArticleInfo, Chunk, Copy, IngestReport, Source, Timings
 from .when import QueryTime
@@ -34,13 +37,18 @@ __all__ = [
     "Article",
     "ArticleInfo",
     "Busy",
+    "Chat",
+    "ChatNotFound",
     "ChatSession",
+    "ChatTurn",
+    "Chats",
     "Chunk",
     "ConfigError",
     "Copy",
     "EmbedderMismatch",
     "FilterError",
     "Filters",
+    "FollowUp",
     "Gate",
     "IndexCorrupt",
     "IndexLocked",

@@ -944,11 +944,17 @@ def _first_byte(
 
 _LLAMA_ALONE = """
 import json, sys
+import contextlib
 from llama_cpp import Llama
 spec = json.load(open(sys.argv[1]))
-llm = Llama(model_path=spec["model"], n_ctx=spec["n_ctx"], n_threads=spec["threads"],
-            n_threads_batch=spec["threads"], n_gpu_layers=spec["n_gpu_layers"], seed=spec["seed"],
-            flash_attn=spec["flash_attn"], verbose=False)
+loading = contextlib.nullcontext()
+if spec["amx"]:  # the same weights as rag loads them (rag.generation.loading_weights)
+    from rag.generation import loading_weights
+    loading = loading_weights()
+with loading:
+    llm = Llama(model_path=spec["model"], n_ctx=spec["n_ctx"], n_threads=spec["threads"],
+                n_threads_batch=spec["threads"], n_gpu_layers=spec["n_gpu_layers"], seed=spec["seed"],
+                flash_attn=spec["flash_attn"], verbose=False)
 kw = dict(max_tokens=spec["max_tokens"], temperature=spec["temperature"], seed=spec["seed"],
           stop=spec["stop"], stream=True, repeat_penalty=1.0)
 if spec["temperature"] == 0:
@@ -1020,6 +1026,7 @@ def bench_cold_start(
     """A fresh `rag ask` to its first token (models loaded, index opened and verified)
     against a fresh Python that loads llama.cpp alone and reads the same prompt tokens;
     `runs` pairs, ABBA, the best of each reported."""
+    from .generation import has_amx
     from .models import resolve_model
 
     s = settings
@@ -1046,6 +1053,7 @@ def bench_cold_start(
         "n_gpu_layers": s.n_gpu_layers,
         "seed": s.seed,
         "flash_attn": s.flash_attn,
+        "amx": has_amx(),
         "max_tokens": s.max_tokens,
         "temperature": s.temperature,
         "tokens": prompt["tokens"],

@@ -14,7 +14,7 @@ from typing import Any
 import click
 
 from .errors import RagError
-from .settings import EMBED_BACKENDS, Settings
+from .settings import EMBED_BACKENDS, REWRITES, Settings
 
 F = Callable[..., Any]
 
@@ -86,6 +86,12 @@ def _settings_options(*names: str) -> Callable[[F], F]:
             default=None,
             help="Read time in questions: 'in 2024', 'last week' filter by date, 'latest' prefers newer "
             "articles (default on).",
+        ),
+        "rewrite": click.option(
+            "--rewrite",
+            type=click.Choice(REWRITES),
+            help="How follow-ups are searched: the model's rewrite when still the same question "
+            "(checked, default), the rewrite as it comes (model), or as asked (none).",
         ),
         "reranker": click.option(
             "--reranker", help="CrossEncoder name or path re-ranking the passages [env RAG_RERANKER]."
@@ -178,6 +184,7 @@ SETTING_NAMES = (
     "context",
     "today",
     "read_time",
+    "rewrite",
     "max_file_mb",
 )
 
@@ -482,15 +489,24 @@ def ask(question: str, as_json: bool, server: str | None, local: bool, **kw: Any
 @_settings_options(*SETTING_NAMES[:-1])
 @_filter_options
 @_where_options
+@click.option("--chat", "chat_id", metavar="ID", help="Go on with this saved chat (see `rag chats list`).")
 @_handle_errors
-def chat(server: str | None, local: bool, **kw: Any) -> None:
-    """A conversation in the terminal; follow-ups use the earlier turns. Ctrl-D ends it."""
+def chat(server: str | None, local: bool, chat_id: str | None, **kw: Any) -> None:
+    """A conversation in the terminal, saved; follow-ups use the earlier turns. Ctrl-D ends it."""
     from .errors import QuestionError
 
     filters = _filters(kw)
     per_question, pinned = _forwarded(kw), _pinned(kw)
-    session = _answerer(_split(kw, *SETTING_NAMES), pinned=pinned, server=server, local=local).chat()
-    click.echo("Ask about your articles. Ctrl-D or an empty line + 'exit' ends the chat.")
+    session = _answerer(_split(kw, *SETTING_NAMES), pinned=pinned, server=server, local=local).chat(chat_id)
+    turns = len(session.history) // 2
+    click.echo(
+        "Ask about your articles. Ctrl-D or an empty line + 'exit' ends the chat.\n"
+        + (
+            f"(going on with saved chat {session.id}: {turns} turns so far)"
+            if turns
+            else f"(saved as chat {session.id})"
+        )
+    )
     while True:
         try:
             question = input("\n> ")
@@ -524,7 +540,9 @@ def chat(server: str | None, local: bool, **kw: Any) -> None:
 @click.option(
     "--auth",
     metavar="USER:PASSWORD",
-    help="Require this login for the chat UI and the API (HTTP Basic on /v1, /health, /openapi.json).",
+    multiple=True,
+    help="Require this login for the chat UI and the API (HTTP Basic on /v1, /health, /openapi.json); "
+    "repeat it for several users, each with their own saved chats.",
 )
 @click.option(
     "--api-key",
@@ -562,7 +580,7 @@ def chat(server: str | None, local: bool, **kw: Any) -> None:
 )
 @_handle_errors
 def serve(
-    host: str, port: int, auth: str | None, no_ui: bool, watched: tuple[str, ...], every: str, **kw: Any
+    host: str, port: int, auth: tuple[str, ...], no_ui: bool, watched: tuple[str, ...], every: str, **kw: Any
 ) -> None:
     """Serve the chat UI and the HTTP API (/v1, OpenAI-compatible) on http://HOST:PORT:
     one process, one model, one queue."""
@@ -573,12 +591,14 @@ def serve(
     interval = parse_interval(every)
     remote = ("backend", "llm_base_url", "llm_model", "llm_api_key", "llm_timeout", "api_key")
     settings = _split(kw, *SETTING_NAMES, *remote)
-    credentials: tuple[str, str] | None = None
-    if auth is not None:
-        user, sep, password = auth.partition(":")
+    credentials: list[tuple[str, str]] | None = None
+    for login in auth:
+        user, sep, password = login.partition(":")
         if not sep or not user or not password:
             raise click.BadParameter("must look like USER:PASSWORD", param_hint="--auth")
-        credentials = (user, password)
+        if any(user == u for u, _ in credentials or ()):
+            raise click.BadParameter(f"the user {user!r} is given twice", param_hint="--auth")
+        credentials = [*(credentials or []), (user, password)]
     loopback = host in ("127.0.0.1", "localhost", "::1")
     if not loopback and credentials is None and not no_ui:
         click.echo(
@@ -600,6 +620,102 @@ def serve(
     run_server(
         settings, host=host, port=port, auth=credentials, ui=not no_ui, watch=list(watched), every=interval
     )
+
+
+@cli.group()
+def chats() -> None:
+    """Saved chats: list, show, export, rename, delete (the index folder's chats.sqlite)."""
+
+
+def _chat_options(fn: F) -> F:
+    fn = click.option(
+        "--user", default="", help="Whose chats (the login name under `rag serve --auth`; default: yours)."
+    )(fn)
+    return _settings_options("index")(fn)
+
+
+def _chats_of(kw: dict[str, Any]) -> Any:
+    from .chats import Chats
+
+    return Chats(_split(kw, "index").index)
+
+
+@chats.command(name="list")
+@_chat_options
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per chat.")
+@_handle_errors
+def chats_list(user: str, as_json: bool, **kw: Any) -> None:
+    """The saved chats, the most recently continued first."""
+    found = _chats_of(kw).list(user=user)
+    for c in found:
+        d = c.to_dict()
+        if as_json:
+            click.echo(json.dumps({k: v for k, v in d.items() if k != "turns"}, ensure_ascii=False))
+        else:
+            click.echo(f"{c.id}  {d['updated'][:16].replace('T', ' ')}  {c.count:3} turns  {c.title}")
+    if not found and not as_json:
+        click.echo("No saved chats yet: `rag chat` starts one.", err=True)
+
+
+@chats.command(name="show")
+@click.argument("chat_id", metavar="ID")
+@_chat_options
+@_handle_errors
+def chats_show(chat_id: str, user: str, **kw: Any) -> None:
+    """A saved chat's questions and answers, with their sources."""
+    from .chats import markdown
+
+    click.echo(markdown(_chats_of(kw).get(chat_id, user=user)), nl=False)
+
+
+@chats.command(name="export")
+@click.argument("chat_id", metavar="ID")
+@_chat_options
+@click.option(
+    "--format", "fmt", type=click.Choice(["markdown", "json"]), default="markdown", show_default=True
+)
+@click.option(
+    "-o", "--out", type=click.Path(dir_okay=False, path_type=Path), help="Write here, not to stdout."
+)
+@_handle_errors
+def chats_export(chat_id: str, user: str, fmt: str, out: Path | None, **kw: Any) -> None:
+    """A saved chat as Markdown (answers with numbered citations and a sources list) or JSON."""
+    from .chats import markdown
+
+    chat = _chats_of(kw).get(chat_id, user=user)
+    text = (
+        markdown(chat)
+        if fmt == "markdown"
+        else json.dumps(chat.to_dict(), indent=1, ensure_ascii=False) + "\n"
+    )
+    if out is None:
+        click.echo(text, nl=False)
+    else:
+        out.write_text(text, encoding="utf-8")
+        click.echo(f"chat {chat.id} written to {out}", err=True)
+
+
+@chats.command(name="rename")
+@click.argument("chat_id", metavar="ID")
+@click.argument("title")
+@_chat_options
+@_handle_errors
+def chats_rename(chat_id: str, title: str, user: str, **kw: Any) -> None:
+    """Give a saved chat another title."""
+    chat = _chats_of(kw).rename(chat_id, title, user=user)
+    click.echo(f"{chat.id}  {chat.title}")
+
+
+@chats.command(name="delete")
+@click.argument("chat_ids", metavar="ID...", nargs=-1, required=True)
+@_chat_options
+@_handle_errors
+def chats_delete(chat_ids: tuple[str, ...], user: str, **kw: Any) -> None:
+    """Delete saved chats."""
+    store = _chats_of(kw)
+    for chat_id in chat_ids:
+        store.delete(chat_id, user=user)
+        click.echo(f"deleted chat {chat_id}", err=True)
 
 
 @cli.command(name="eval")

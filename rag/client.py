@@ -13,13 +13,12 @@ import json
 import logging
 import os
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .chats import check_id, new_id
 from .errors import Busy, RagError
-from .types import Answer, Copy, Source, Timings
-from .when import QueryTime
+from .types import Answer
 
 if TYPE_CHECKING:
     import httpx
@@ -96,31 +95,7 @@ def find(index: str | os.PathLike[str], *, api_key: str = "", timeout: float = 1
 
 def answer_from(data: dict[str, Any]) -> Answer:
     """An `Answer` from its `to_dict()` form (as the API sends it)."""
-    known = {f.name for f in fields(Source)}
-    sources = tuple(
-        Source(
-            **{
-                **{k: v for k, v in s.items() if k in known},
-                "evidence": tuple(s.get("evidence") or ()),
-                "withheld": tuple(s.get("withheld") or ()),
-                "copies": tuple(Copy(**c) for c in s.get("copies") or ()),
-            }
-        )
-        for s in data.get("sources") or ()
-    )
-    timing_fields = {f.name for f in fields(Timings)}
-    timings = Timings(**{k: v for k, v in (data.get("timings") or {}).items() if k in timing_fields})
-    return Answer(
-        answer=data.get("answer", ""),
-        found=bool(data.get("found")),
-        query=data.get("query", ""),
-        sources=sources,
-        timings=timings,
-        support=data.get("support") or ("supported" if data.get("found") else "model"),
-        draft=data.get("draft", ""),
-        answerability=float(data.get("answerability") or 0.0),
-        query_time=QueryTime.from_dict(data["query_time"]) if data.get("query_time") else None,
-    )
+    return Answer.from_dict(data)
 
 
 class RemoteStream:
@@ -208,6 +183,7 @@ class Remote:
         filters: Filters | None = None,
         read_time: bool | None = None,
         today: str | None = None,
+        conversation: str | None = None,
     ) -> RemoteStream:
         body: dict[str, Any] = {
             "messages": [
@@ -222,6 +198,7 @@ class Remote:
             ("max_tokens", max_tokens),
             ("read_time", read_time),
             ("today", today),
+            ("conversation", conversation),
         )
         for name, value in per_question:
             if value is not None:
@@ -230,23 +207,26 @@ class Remote:
             body["filters"] = {k: v for k, v in filters.to_dict().items() if v}
         return RemoteStream(self._client, self.url, body, question)
 
-    def chat(self) -> RemoteChat:
-        return RemoteChat(self)
+    def chat(self, id: str | None = None) -> RemoteChat:
+        """A conversation the server saves under `id` (a new one when None)."""
+        return RemoteChat(self, id=id)
 
     def close(self) -> None:
         self._client.close()
 
 
 class RemoteChat:
-    """A conversation with a server, like `ChatSession`: each question carries the turns so
-    far, and the server rewrites follow-ups."""
+    """A conversation with a server, like `ChatSession`: the server saves it under `id` and
+    rewrites follow-ups; each question carries the turns so far too, for a server that has
+    no saved turns of it yet."""
 
-    def __init__(self, remote: Remote) -> None:
+    def __init__(self, remote: Remote, *, id: str | None = None) -> None:
         self.remote = remote
+        self.id = check_id(id) if id is not None else new_id()
         self.history: list[Message] = []
 
     def stream(self, question: str, **kwargs: Any) -> RemoteStream:
-        stream = self.remote.stream(question, history=self.history, **kwargs)
+        stream = self.remote.stream(question, history=self.history, conversation=self.id, **kwargs)
         history = self.history
 
         def record(answer: Answer) -> None:

@@ -44,6 +44,10 @@ class EmbedderMismatch(IndexError_):
     """The index was built with another embedder than the one configured."""
 
 
+class ChatNotFound(RagError):
+    """No saved chat has that id (for this user)."""
+
+
 class QuestionError(RagError):
     """The question itself cannot be asked (empty, too long)."""
 

@@ -87,6 +87,8 @@ class Question:
     # The date the question is asked on (time-sensitive sets), and what kind of question.
     today: str = ""
     kind: str = ""
+    # The questions asked before it in the same conversation (a follow-up set).
+    history: tuple[str, ...] = ()
 
 
 def load_questions(path: str | Path, *, limit: int | None = None, seed: int = 0) -> list[Question]:
@@ -105,6 +107,7 @@ def load_questions(path: str | Path, *, limit: int | None = None, seed: int = 0)
                         bool(d.get("answerable", True)),
                         str(d.get("today") or ""),
                         str(d.get("kind") or ""),
+                        tuple(str(h) for h in d.get("history") or ()),
                     )
                 )
             except (ValueError, KeyError, TypeError) as e:
@@ -139,18 +142,25 @@ def evaluate(
     for i, q in enumerate(questions, start=1):
         t0 = time.perf_counter()
         if retrieval_only:
-            sources = rag.retrieve(q.question, k=k)
+            # A follow-up is searched as the chat would, its earlier questions unanswered.
+            earlier = [{"role": "user", "content": h} for h in q.history]
+            query = rag.standalone_query(q.question, earlier) if earlier else q.question
+            sources = rag.retrieve(query, k=k)
             record: dict[str, Any] = {
-                "query": q.question,
+                "query": query,
                 "sources": [s.to_dict() for s in sources],
-                "answerability": rag.answerability(q.question, sources).score,
+                "answerability": rag.answerability(query, sources).score,
             }
             found = True
             answer_text = draft = ""
             support = "supported"
             withdrawn = False
         else:
-            answer = rag.ask(q.question, k=k, today=today or q.today or None)
+            asking = rag.chat(save=False) if q.history else rag
+            for earlier in q.history:
+                # The turns before a follow-up are asked, not scored.
+                asking.ask(earlier, k=k, today=today or q.today or None)
+            answer = asking.ask(q.question, k=k, today=today or q.today or None)
             sources = list(answer.sources)
             record = answer.to_dict()
             found = answer.found
@@ -186,6 +196,7 @@ def evaluate(
         record.update(
             kind=q.kind,
             id=q.id,
+            history=list(q.history),
             question=q.question,
             gold=list(q.answers),
             answerable=q.answerable,

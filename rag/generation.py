@@ -102,6 +102,50 @@ class Gate:
             self._lock.release()
 
 
+def has_amx() -> bool:
+    """Whether this CPU has Intel AMX (Sapphire Rapids and later)."""
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return "amx_int8" in line.split()
+    except OSError:
+        pass
+    return False
+
+
+_params_lock = threading.Lock()
+
+
+def loading_weights() -> contextlib.AbstractContextManager[None]:
+    """Around a `llama_cpp.Llama(...)`: on AMX CPUs, `_plain_weights`."""
+    return _plain_weights() if has_amx() else contextlib.nullcontext()
+
+
+@contextlib.contextmanager
+def _plain_weights() -> Iterator[None]:
+    """Load the weights as the file has them, not repacked into llama.cpp's extra buffer
+    types: on AMX CPUs its AMX matrix kernel crashes the process on the first prompt of more
+    than one token (seen here with Q4_K_M; ggml-org/llama.cpp#20824). llama-cpp-python does
+    not take the model parameter, so its default is changed while the model loads."""
+    import llama_cpp.llama as module
+
+    with _params_lock:
+        default = module.llama_cpp.llama_model_default_params
+
+        def params() -> Any:
+            p = default()
+            p.use_extra_bufts = False
+            return p
+
+        module.llama_cpp.llama_model_default_params = params
+        try:
+            log.info("AMX CPU: loading the model without llama.cpp's repacked weight buffers")
+            yield
+        finally:
+            module.llama_cpp.llama_model_default_params = default
+
+
 class LlamaCppGenerator:
     """A GGUF model loaded once; its chat template comes from the GGUF itself."""
 
@@ -125,17 +169,18 @@ class LlamaCppGenerator:
             ) from None
         self.path = Path(path)
         try:
-            self.llm = Llama(
-                model_path=str(path),
-                n_ctx=n_ctx,
-                n_threads=threads,
-                n_threads_batch=threads,
-                n_gpu_layers=n_gpu_layers,
-                seed=seed,
-                # Measured on 2 cores: prefill 10-20% faster, the same answers.
-                flash_attn=flash_attn,
-                verbose=False,
-            )
+            with loading_weights():
+                self.llm = Llama(
+                    model_path=str(path),
+                    n_ctx=n_ctx,
+                    n_threads=threads,
+                    n_threads_batch=threads,
+                    n_gpu_layers=n_gpu_layers,
+                    seed=seed,
+                    # Measured on 2 cores: prefill 10-20% faster, the same answers.
+                    flash_attn=flash_attn,
+                    verbose=False,
+                )
         except (ValueError, RuntimeError) as e:
             raise ModelError(f"cannot load model {path} ({e}); is it a valid GGUF file?") from None
         self.n_ctx = n_ctx

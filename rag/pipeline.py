@@ -14,11 +14,14 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from . import followup
 from . import prompt as P
 from . import support as S
+from .chats import Chats, check_id, new_id
 from .embedding import Embedder, Progress, load_cross_encoder
 from .errors import IndexNotFound, InputError, QuestionError, QuestionTooLong, RagError
 from .filters import Filters, article_date
+from .followup import FollowUp
 from .generation import Gate, Generator, Message, local_generator
 from .guard import EXEMPLARS, mask, passages_for_model, planted_instructions
 from .ingest import ingest as _ingest
@@ -83,6 +86,7 @@ class RAG:
         self._snapshot: Snapshot | None = None
         self._pointer: str | None = None
         self._load_lock = threading.RLock()
+        self._chats: Chats | None = None
 
     # -- models and index, loaded lazily -------------------------------------------------
 
@@ -323,7 +327,8 @@ class RAG:
         `read_time` (default: the setting) reads the question's time into them, against
         `today` (default: the setting, else the clock)."""
         q = self.check_question(question)
-        query = self.standalone_query(q, history) if history else q
+        follow = self.follow_up(q, history) if history else FollowUp(q, "alone")
+        query = follow.query
         when = None
         if self.settings.read_time if read_time is None else read_time:
             if self._embedder is None:
@@ -342,6 +347,7 @@ class RAG:
             k=k,
             filters=filters,
             when=when,
+            follow_up=follow,
             temperature=self.settings.temperature if temperature is None else temperature,
             max_tokens=max_tokens or self.settings.max_tokens,
         )
@@ -354,15 +360,33 @@ class RAG:
         assert s.answer is not None
         return s.answer
 
-    def chat(self) -> ChatSession:
-        """A conversation whose follow-ups are rewritten into standalone queries."""
-        return ChatSession(self)
+    def chat(self, id: str | None = None, *, user: str = "", save: bool = True) -> ChatSession:
+        """A conversation whose follow-ups are searched as standalone questions, saved in
+        the index folder's `chats.sqlite`; with `id`, the saved chat of that id goes on (a new
+        id starts one)."""
+        return ChatSession(self, id=id, user=user, save=save)
+
+    @property
+    def chats(self) -> Chats:
+        """The saved conversations of this index (`rag.chats`)."""
+        if self._chats is None:
+            self._chats = Chats(self.settings.index)
+        return self._chats
 
     def standalone_query(self, question: str, history: Sequence[Message]) -> str:
-        """Rewrite a follow-up into a question that stands alone, using the model."""
+        """What to search for a follow-up: see `follow_up`."""
+        return self.follow_up(question, history).query
+
+    def follow_up(self, question: str, history: Sequence[Message]) -> FollowUp:
+        """A follow-up as a search that stands alone (`rag.followup`): the model's rewrite
+        when it is still the same question, else the question with the earlier questions'
+        subject (`rewrite` setting `checked`); `model` takes the rewrite unchecked, `none`
+        the question as asked."""
         turns = [m for m in history if m.get("role") in ("user", "assistant")][-4:]
-        if not turns:
-            return question
+        mode = self.settings.rewrite
+        asked = [m["content"] for m in history if m.get("role") == "user"]
+        if not turns or mode == "none":
+            return FollowUp(question, "alone")
         convo = "\n".join(f"{m['role'].capitalize()}: {P.sanitize(m['content'])[:500]}" for m in turns)
         messages = [
             {"role": "system", "content": REWRITE_SYSTEM},
@@ -376,12 +400,18 @@ class RAG:
         rewritten = out.strip().strip('"').strip()
         rewritten = rewritten.split("\n")[0].removeprefix("Rewritten question:")
         rewritten = re.sub(r"\s*\[\d+\]", "", rewritten).strip()
-        if not rewritten or len(rewritten) > 3 * len(question) + 200:
-            # A small model can ramble: then the previous question gives the context.
-            last_user = next((m["content"] for m in reversed(turns) if m["role"] == "user"), "")
-            rewritten = f"{last_user} {question}".strip()
-        log.info("follow-up %r rewritten as %r", question, rewritten)
-        return rewritten
+        if mode == "model":
+            if not rewritten or len(rewritten) > 3 * len(question) + 200:
+                # A small model can ramble: then the previous question gives the context.
+                return FollowUp(f"{asked[-1] if asked else ''} {question}".strip(), "model", rewritten)
+            return FollowUp(rewritten, "model", rewritten)
+        why = followup.check(rewritten, question, [m["content"] for m in turns])
+        if not why:
+            log.info("follow-up %r rewritten as %r", question, rewritten)
+            return FollowUp(rewritten, "rewrite", rewritten)
+        query = followup.with_subject(question, asked)
+        log.info("follow-up %r: rewrite %r rejected (%s), searched as %r", question, rewritten, why, query)
+        return FollowUp(query, "subject", rewritten, why)
 
     def preload(self) -> None:
         """Ask the kernel to start reading the model file now, while the caller loads the
@@ -402,6 +432,9 @@ class RAG:
             log.debug("cannot read ahead the model: %s", e)
 
     def close(self) -> None:
+        if self._chats is not None:
+            self._chats.close()
+            self._chats = None
         if self._snapshot is not None:
             self._snapshot.close()
             self._snapshot = None
@@ -422,10 +455,12 @@ class AnswerStream:
         max_tokens: int,
         filters: Filters | None = None,
         when: QueryTime | None = None,
+        follow_up: FollowUp | None = None,
     ) -> None:
         self.rag = rag
         self.question = question
         self.query = query
+        self.follow_up = follow_up or FollowUp(query, "alone")
         self.filters = filters
         self.when = when
         # Once the question's dates filter the articles, its words for them ("in 2023") are
@@ -654,11 +689,19 @@ def _as_of(answer: str, sources: Sequence[Source]) -> str:
 
 
 class ChatSession:
-    """A conversation: each question sees the earlier turns through its standalone query."""
+    """A conversation: each question sees the earlier turns through its standalone query.
+    Saved (`rag.chats`), each finished turn in one write, unless `save` is off: `id` names
+    it, and a session opened with the id of a saved chat goes on from its turns."""
 
-    def __init__(self, rag: RAG) -> None:
+    def __init__(self, rag: RAG, *, id: str | None = None, user: str = "", save: bool = True) -> None:
         self.rag = rag
+        self.user = user
+        self.save = save
+        self.id = check_id(id) if id is not None else new_id()
         self.history: list[Message] = []
+        saved = rag.chats.find(self.id, user=user) if save and id is not None else None
+        if saved is not None:
+            self.history = saved.messages()
 
     def stream(self, question: str, **kwargs: Any) -> AnswerStream:
         s = self.rag.stream(question, history=self.history, **kwargs)
@@ -673,13 +716,17 @@ class ChatSession:
         return s.answer
 
     def _record(self, answer: Answer, question: str) -> None:
+        if self.save:
+            self.rag.chats.add(self.id, question, answer.to_dict(), user=self.user)
         self.history += [
             {"role": "user", "content": question},
             {"role": "assistant", "content": answer.answer},
         ]
 
     def reset(self) -> None:
+        """Start a new conversation (the one before stays saved)."""
         self.history.clear()
+        self.id = new_id()
 
 
 _default: dict[Settings, RAG] = {}

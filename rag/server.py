@@ -12,6 +12,8 @@ share one `RAG`: one model, one `Gate` (the lock and the bounded queue). Routes:
   are ignored: the grounding prompt is this server's.
 - `GET /v1/models`, `GET /v1/models/{id}`: the one model this server answers as.
 - `POST /v1/retrieve`: passages only, with scores and evidence, for callers with their own model.
+- `GET /v1/chats`, `GET|PATCH|DELETE /v1/chats/{id}`: the caller's saved chats (a request
+  with a `conversation` id adds its turn to one), as JSON or Markdown, renamed, deleted.
 - `GET /health`: liveness and what the index holds; open with an API key alone, but under
   a login it needs the login or the key.
 
@@ -29,13 +31,13 @@ import logging
 import secrets
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from typing import Any, Literal
 
 import anyio
 from fastapi import Depends, FastAPI, Request, Security
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 from fastapi.security import HTTPBasic, HTTPBearer
 from fastapi.security.base import SecurityBase
 from pydantic import BaseModel, ConfigDict, Field
@@ -44,7 +46,17 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from .errors import Busy, ConfigError, FilterError, ModelError, QuestionError, QuestionTooLong, RagError
+from .chats import check_id, markdown
+from .errors import (
+    Busy,
+    ChatNotFound,
+    ConfigError,
+    FilterError,
+    ModelError,
+    QuestionError,
+    QuestionTooLong,
+    RagError,
+)
 from .filters import Filters
 from .generation import BackendError
 from .pipeline import RAG, AnswerStream
@@ -161,6 +173,47 @@ class ChatCompletionRequest(BaseModel):
         "the server's clock).",
         examples=["2026-12-01"],
     )
+    conversation: str | None = Field(
+        None,
+        pattern=r"^[A-Za-z0-9_-]{1,64}$",
+        description="A saved chat's id (extension): its turns are the conversation (the earlier "
+        "messages are used only while it has none), and this turn is saved in it; an id not yet "
+        "used starts a chat. See /v1/chats.",
+        examples=["3f9a1c2b7d4e"],
+    )
+
+
+class ChatSummary(BaseModel):
+    """A saved chat as listed: its title is its first question until renamed."""
+
+    id: str
+    title: str
+    created: str = Field(description="When it was started (UTC, ISO 8601).")
+    updated: str = Field(description="When its last turn was added, or it was renamed.")
+    count: int = Field(description="Its turns.")
+
+
+class ChatList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[ChatSummary]
+
+
+class ChatOut(ChatSummary):
+    """A saved chat with its turns: each the question and the answer as `Answer.to_dict()`."""
+
+    turns: list[dict[str, Any]]
+
+
+class ChatRename(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    title: str = Field(min_length=1, max_length=200)
+
+
+class ChatDeleted(BaseModel):
+    id: str
+    object: Literal["chat"] = "chat"
+    deleted: bool = True
 
 
 class QueryTimeOut(BaseModel):
@@ -273,6 +326,7 @@ class ChatCompletion(BaseModel):
         None, description="The question's time, as read (null: reading off)."
     )
     timings: TimingsOut
+    conversation: str | None = Field(None, description="The saved chat this turn was added to.")
 
 
 class ChunkDelta(BaseModel):
@@ -301,6 +355,7 @@ class ChatCompletionChunk(BaseModel):
     support: str | None = Field(None, description=SUPPORT_DOC)
     query: str | None = None
     query_time: QueryTimeOut | None = None
+    conversation: str | None = Field(None, description="The saved chat this turn was added to.")
     withdrawn: bool | None = Field(
         None, description="True when the streamed text was withdrawn: show `answer` instead."
     )
@@ -413,6 +468,8 @@ def from_rag_error(e: RagError) -> ApiError:
         return ApiError(400, str(e), code="question_too_long", param="messages")
     if isinstance(e, QuestionError):
         return ApiError(400, str(e), code="invalid_question", param="messages")
+    if isinstance(e, ChatNotFound):
+        return ApiError(404, str(e), type="not_found_error", code="chat_not_found", param="conversation")
     if isinstance(e, Busy):
         # Retry-After: an answer takes seconds; the queue frees up about that fast.
         return ApiError(429, str(e), type="rate_limit_error", code="busy", headers={"Retry-After": "2"})
@@ -550,18 +607,44 @@ class _Declared(SecurityBase):
         return None
 
 
+Login = tuple[str, str]
+
+
+def logins_of(login: Login | Sequence[Login] | None) -> list[Login]:
+    """One (user, password) pair or several, checked: each needs both, user names distinct."""
+    if not login:
+        return []
+    pairs = [login] if isinstance(login[0], str) else list(login)  # type: ignore[list-item]
+    out: list[Login] = []
+    for pair in pairs:
+        user, password = pair  # type: ignore[misc]
+        if not (user and password):
+            raise ConfigError("the login needs a user name and a password, e.g. --auth reader:s3cret")
+        if any(user == u for u, _ in out):
+            raise ConfigError(f"the user {user!r} is given two logins; give each user one --auth")
+        out.append((str(user), str(password)))
+    return out
+
+
+def user_of(request: Request) -> str:
+    """Whose saved chats a request reads: its login's user ("" for the API key or no login)."""
+    return str(getattr(request.state, "user", ""))
+
+
 def create_app(
     source: RAG | Callable[[], RAG],
     *,
     api_key: str | None = None,
-    login: tuple[str, str] | None = None,
+    login: Login | Sequence[Login] | None = None,
     model_id: str = MODEL_ID,
     max_body_bytes: int = MAX_BODY_BYTES,
 ) -> FastAPI:
     """The API over `source`: a `RAG`, or a function returning the current one (a UI that can
     swap models hands its own). `api_key` defaults to the `api_key` setting; empty: no key.
-    `login`, the chat's user and password, is accepted as HTTP Basic credentials on every
-    route, so that a server started with a login is never open through its API."""
+    `login`, the chat's user and password (or several such pairs, one per user), is accepted
+    as HTTP Basic credentials on every route, so that a server started with a login is never
+    open through its API. Saved chats are each user's own; the API key's holder is the user
+    "" (as is everyone on a server without logins)."""
     if isinstance(source, RAG):
         fixed = source
 
@@ -573,8 +656,8 @@ def create_app(
     key = current().settings.api_key if api_key is None else api_key
     if key != key.strip():
         raise ConfigError("the API key starts or ends with spaces, which a header cannot carry; remove them")
-    if login is not None and not (login[0] and login[1]):
-        raise ConfigError("the login needs a user name and a password, e.g. --auth reader:s3cret")
+    logins = logins_of(login)
+    login = logins[0] if logins else None
     started = int(time.time())
 
     app = FastAPI(
@@ -603,6 +686,7 @@ def create_app(
         if key and scheme == "bearer":
             # Starlette reads header bytes as latin-1: compare bytes, so a UTF-8 key matches.
             if secrets.compare_digest(value.encode("latin-1"), key.encode()):
+                request.state.user = ""
                 return
             raise refuse("the API key is not the one this server was started with", "invalid_api_key")
         if login and scheme == "basic":
@@ -612,10 +696,15 @@ def create_app(
                 user, sep, password = "", "", ""
             if not sep:
                 raise refuse("the login is not HTTP Basic: send base64 of USER:PASSWORD", "invalid_login")
-            # Both compared, always: the time taken says nothing about which one was wrong.
-            name_ok = secrets.compare_digest(user.encode(), login[0].encode())
-            password_ok = secrets.compare_digest(password.encode(), login[1].encode())
-            if name_ok and password_ok:
+            # Every pair compared, both halves, always: the time taken says nothing about
+            # which user exists or which half was wrong.
+            ok = False
+            for name, secret in logins:
+                name_ok = secrets.compare_digest(user.encode(), name.encode())
+                password_ok = secrets.compare_digest(password.encode(), secret.encode())
+                ok |= name_ok and password_ok
+            if ok:
+                request.state.user = user
                 return
             raise refuse("wrong user name or password", "invalid_login")
         if not login:
@@ -763,18 +852,24 @@ def create_app(
                 today_of(body.today)
             except ConfigError as e:
                 raise ApiError(400, str(e), code="invalid_value", param="today") from None
-        stream: AnswerStream = await run_in_threadpool(
-            lambda: r.stream(
-                question,
-                history=history,
-                k=body.k,
-                temperature=body.temperature,
-                max_tokens=max_tokens,
-                filters=filters,
-                read_time=body.read_time,
-                today=body.today,
-            )
+        per_question: dict[str, Any] = dict(
+            k=body.k,
+            temperature=body.temperature,
+            max_tokens=max_tokens,
+            filters=filters,
+            read_time=body.read_time,
+            today=body.today,
         )
+
+        def start() -> AnswerStream:
+            if body.conversation is None:
+                return r.stream(question, history=history, **per_question)
+            session = r.chat(body.conversation, user=user_of(request))
+            if not session.history:
+                session.history = list(history)
+            return session.stream(question, **per_question)
+
+        stream: AnswerStream = await run_in_threadpool(start)
         pieces = iter(stream)
         try:
             # The first piece comes after the Gate lets this request through: a full queue
@@ -783,7 +878,7 @@ def create_app(
         except BaseException:
             await _close(pieces)
             raise
-        reply = Reply(model_id, max_tokens or r.settings.max_tokens)
+        reply = Reply(model_id, max_tokens or r.settings.max_tokens, body.conversation)
         if body.stream:
             usage = bool(body.stream_options and body.stream_options.include_usage)
             return StreamingResponse(
@@ -803,18 +898,81 @@ def create_app(
         assert stream.answer is not None
         return reply.completion(stream.answer)
 
+    chat_errors = {**ERROR_RESPONSES, 404: {"model": ErrorResponse, "description": "No such saved chat"}}
+
+    @app.get(
+        "/v1/chats", response_model=ChatList, dependencies=guarded, tags=["chats"], responses=ERROR_RESPONSES
+    )
+    def list_chats(request: Request) -> ChatList:
+        """The caller's saved chats, the most recently continued first."""
+        chats = current().chats.list(user=user_of(request))
+        return ChatList(data=[ChatSummary(**c.to_dict()) for c in chats])
+
+    @app.get(
+        "/v1/chats/{chat_id}",
+        response_model=None,
+        dependencies=guarded,
+        tags=["chats"],
+        responses={
+            **chat_errors,
+            200: {
+                "description": "The chat with its turns (JSON), or with `format=markdown` as Markdown.",
+                "content": {"application/json": {"schema": ChatOut.model_json_schema()}, "text/markdown": {}},
+            },
+        },
+    )
+    def get_chat(chat_id: str, request: Request, format: Literal["json", "markdown"] = "json") -> Any:
+        """A saved chat: every turn's question, answer, sources and timings, as JSON or as
+        Markdown (answers with their numbered citations and a sources list)."""
+        chat = current().chats.get(check_chat_id(chat_id), user=user_of(request))
+        if format == "markdown":
+            return PlainTextResponse(
+                markdown(chat),
+                media_type="text/markdown; charset=utf-8",
+                headers={"Content-Disposition": f'attachment; filename="chat-{chat.id}.md"'},
+            )
+        return JSONResponse(chat.to_dict())
+
+    @app.patch(
+        "/v1/chats/{chat_id}",
+        response_model=ChatSummary,
+        dependencies=guarded,
+        tags=["chats"],
+        responses=chat_errors,
+    )
+    def rename_chat(chat_id: str, body: ChatRename, request: Request) -> ChatSummary:
+        chat = current().chats.rename(check_chat_id(chat_id), body.title, user=user_of(request))
+        return ChatSummary(**chat.to_dict())
+
+    @app.delete(
+        "/v1/chats/{chat_id}",
+        response_model=ChatDeleted,
+        dependencies=guarded,
+        tags=["chats"],
+        responses=chat_errors,
+    )
+    def delete_chat(chat_id: str, request: Request) -> ChatDeleted:
+        current().chats.delete(check_chat_id(chat_id), user=user_of(request))
+        return ChatDeleted(id=chat_id)
+
     @app.api_route("/v1/{rest:path}", methods=list(ALL_METHODS), dependencies=locked, include_in_schema=False)
     async def unknown(rest: str, request: Request) -> None:
         # Without this, whatever /v1 does not route falls through to the UI mounted at /,
         # and a CORS preflight to the API would be answered by Gradio's CORS rules.
-        for route in app.router.routes:
-            if route is not unknown_route and route.matches(request.scope)[0] == Match.PARTIAL:
-                raise ApiError(
-                    405,
-                    f"{request.method} is not allowed on {request.url.path}",
-                    code="method_not_allowed",
-                    headers={"Allow": ", ".join(sorted(getattr(route, "methods", ()) or ()))},
-                )
+        # One path may have a route per method (GET, PATCH, DELETE /v1/chats/{id}): all count.
+        allowed = {
+            method
+            for route in app.router.routes
+            if route is not unknown_route and route.matches(request.scope)[0] == Match.PARTIAL
+            for method in getattr(route, "methods", ()) or ()
+        }
+        if allowed:
+            raise ApiError(
+                405,
+                f"{request.method} is not allowed on {request.url.path}",
+                code="method_not_allowed",
+                headers={"Allow": ", ".join(sorted(allowed))},
+            )
         raise ApiError(
             404,
             f"there is no {request.url.path} here; see /openapi.json",
@@ -831,6 +989,13 @@ def create_app(
             return JSONResponse(app.openapi())
 
     return app
+
+
+def check_chat_id(chat_id: str) -> str:
+    try:
+        return check_id(chat_id)
+    except ConfigError as e:
+        raise ApiError(404, str(e), type="not_found_error", code="chat_not_found") from None
 
 
 def split_messages(messages: list[ChatMessage]) -> tuple[str, list[dict[str, str]]]:
@@ -866,11 +1031,12 @@ async def _close(pieces: Iterator[str]) -> None:
 class Reply:
     """Builds the wire objects of one answer."""
 
-    def __init__(self, model: str, max_tokens: int) -> None:
+    def __init__(self, model: str, max_tokens: int, conversation: str | None = None) -> None:
         self.id = f"chatcmpl-{uuid.uuid4().hex}"
         self.created = int(time.time())
         self.model = model
         self.max_tokens = max_tokens
+        self.conversation = conversation
 
     def _finish_reason(self, answer: Answer) -> Literal["stop", "length"]:
         return "length" if answer.timings.completion_tokens >= self.max_tokens else "stop"
@@ -901,6 +1067,7 @@ class Reply:
             query=answer.query,
             query_time=QueryTimeOut(**d["query_time"]) if d["query_time"] else None,
             timings=TimingsOut(**d["timings"]),
+            conversation=self.conversation,
         )
 
     def _chunk(self, delta: dict[str, Any], finish: str | None = None, **extra: Any) -> str:
@@ -937,6 +1104,7 @@ class Reply:
                 query=answer.query,
                 query_time=d["query_time"],
                 timings=d["timings"],
+                **({"conversation": self.conversation} if self.conversation else {}),
                 **withdrawn,
             )
             if usage:

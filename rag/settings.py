@@ -10,6 +10,7 @@ from typing import Any
 from .errors import ConfigError
 
 CONTEXTS = ("passages", "windows")
+REWRITES = ("checked", "model", "none")
 EMBED_BACKENDS = ("torch", "openvino")
 WINDOW_NEIGHBOURS = 1
 
@@ -122,6 +123,9 @@ class Settings:
         read_time: read time in questions (`rag.when`): "in 2024" and "last week" filter the
             articles by date, "latest" prefers newer ones, "how did X develop" orders the
             passages by date.
+        rewrite: how a follow-up is searched: `checked` (the model's standalone rewrite when
+            it is still the same question, else the follow-up with the earlier questions'
+            subject: `rag.followup`), `model` (the rewrite as it comes) or `none` (as asked).
     """
 
     index: Path = Path("index")
@@ -163,6 +167,7 @@ class Settings:
     dedup_threshold: float = 0.5
     today: str = ""
     read_time: bool = True
+    rewrite: str = "checked"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "index", Path(self.index))
@@ -197,6 +202,8 @@ class Settings:
             raise ConfigError(
                 f"embed_backend must be one of {', '.join(EMBED_BACKENDS)}, got {self.embed_backend!r}"
             )
+        if self.rewrite not in REWRITES:
+            raise ConfigError(f"rewrite must be one of {', '.join(REWRITES)}, got {self.rewrite!r}")
         if self.context not in CONTEXTS:
             raise ConfigError(f"context must be one of {', '.join(CONTEXTS)}, got {self.context!r}")
         if not 0.0 < self.mmr <= 1.0:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -144,6 +144,37 @@ class Answer:
         if self.found:
             return "found"
         return UNSUPPORTED if self.support.startswith(UNSUPPORTED) else "refused"
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Answer:
+        """An `Answer` from its `to_dict()` form (as the API sends it, as a chat saves it)."""
+        from .when import QueryTime
+
+        known = {f.name for f in fields(Source)}
+        sources = tuple(
+            Source(
+                **{
+                    **{k: v for k, v in s.items() if k in known},
+                    "evidence": tuple(s.get("evidence") or ()),
+                    "withheld": tuple(s.get("withheld") or ()),
+                    "copies": tuple(Copy(**c) for c in s.get("copies") or ()),
+                }
+            )
+            for s in data.get("sources") or ()
+        )
+        timing_fields = {f.name for f in fields(Timings)}
+        timings = Timings(**{k: v for k, v in (data.get("timings") or {}).items() if k in timing_fields})
+        return cls(
+            answer=data.get("answer", ""),
+            found=bool(data.get("found")),
+            query=data.get("query", ""),
+            sources=sources,
+            timings=timings,
+            support=data.get("support") or ("supported" if data.get("found") else "model"),
+            draft=data.get("draft", ""),
+            answerability=float(data.get("answerability") or 0.0),
+            query_time=QueryTime.from_dict(data["query_time"]) if data.get("query_time") else None,
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return {

@@ -897,4 +897,4 @@ def test_openapi_document_holds_under_schemathesis(tmp_path):
     finally:
         server.close()
     assert proc.returncode == 0, proc.stdout[-8000:] + proc.stderr[-2000:]
-    assert "5 selected / 5 total" in proc.stdout
+    assert "9 selected / 9 total" in proc.stdout

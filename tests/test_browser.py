@@ -5,6 +5,7 @@ Never downloads a browser: without /usr/bin/chromium the module is skipped.
 
 from __future__ import annotations
 
+import re
 import socket
 import time
 from collections.abc import Iterator
@@ -206,3 +207,64 @@ def test_the_library_adds_a_page_and_a_feed_by_url(url):
             assert "missing" in box.input_value()
         finally:
             browser.close()
+
+
+def test_a_saved_chat_reopens_after_a_restart_and_goes_on(tmp_path, real_embedder, real_generator):
+    """A chat is saved as it goes; after the server restarts, the list shows it, it opens
+    with its answer and sources, and a follow-up continues it."""
+    from playwright.sync_api import sync_playwright
+
+    index = tmp_path / "index"
+    r = rag.RAG(rag.Settings(index=index), embedder=real_embedder, generator=real_generator)
+    r.ingest([SAMPLE])
+    done = "() => document.querySelector('#timings')?.innerText.includes('tokens/s')"
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
+        try:
+            served, url = launch(r, port=free_port())
+            try:
+                page = browser.new_page(viewport={"width": 1400, "height": 1000})
+                page.goto(url)
+                box = page.locator("#question textarea")
+                box.wait_for()
+                box.fill(QUESTION)
+                box.press("Enter")
+                page.wait_for_function(done, timeout=240_000)
+                assert "2 million" in page.locator(ANSWER).inner_text()
+            finally:
+                served.close()
+            (chat,) = rag.Chats(index).list()
+            assert chat.title == QUESTION and chat.count == 1
+
+            # Another server process on the same index: a new RAG, nothing kept in memory.
+            r2 = rag.RAG(rag.Settings(index=index), embedder=real_embedder, generator=real_generator)
+            served, url = launch(r2, port=free_port())
+            try:
+                page = browser.new_page(viewport={"width": 1400, "height": 1000})
+                page.goto(url)
+                page.locator("#question textarea").wait_for()
+                page.locator("#saved-chats").get_by_text("Saved chats").first.click()
+                page.locator("#past-chats input").click()
+                page.get_by_role("option", name=re.compile(re.escape(QUESTION[:30]))).click()
+                page.locator("#open-chat").click()
+                page.wait_for_function(
+                    "() => document.querySelector('#chats-status')?.innerText.includes('Opened')",
+                    timeout=30_000,
+                )
+                assert "2 million" in page.locator(ANSWER).last.inner_text()
+                assert page.locator("#sources .rag-src.cited mark", has_text="2 million tons").count() == 1
+
+                page.locator("#question textarea").fill("On what condition?")
+                page.locator("#question textarea").press("Enter")
+                # Each finished answer carries its outcome badge: the second one is done.
+                page.wait_for_function(
+                    "() => document.querySelectorAll('#chat .rag-outcome').length >= 2", timeout=240_000
+                )
+            finally:
+                served.close()
+        finally:
+            browser.close()
+    saved = rag.Chats(index).get(chat.id)
+    assert [t.question for t in saved.turns] == [QUESTION, "On what condition?"]
+    # The reopened conversation reached the follow-up's search (a rewrite, or the subject).
+    assert saved.turns[1].record["query"] != "On what condition?"

@@ -50,6 +50,8 @@ EMPTY_LIBRARY = "No articles yet: add some in the **Library** tab, or run `rag i
 
 # A turn of the conversation, kept as plain values so that Gradio can copy session state.
 Turn = dict[str, Any]
+# `--auth`: one (user, password) pair, or several.
+Logins = tuple[str, str] | Sequence[tuple[str, str]] | None
 
 
 THEME = gr.themes.Default(
@@ -353,6 +355,33 @@ def chat_messages(turns: list[Turn]) -> tuple[list[dict[str, Any]], list[int]]:
     return messages, owners
 
 
+def turn_of(question: str, answer: rag.Answer) -> Turn:
+    """A finished turn, as the chat shows it."""
+    return {
+        "question": question,
+        "answer": answer.answer,
+        "found": answer.found,
+        "support": answer.support,
+        "outcome": answer.outcome,
+        "query": answer.query,
+        "query_time": answer.query_time.to_dict() if answer.query_time else None,
+        "sources": [src.to_dict() for src in answer.sources],
+        "timings": asdict(answer.timings),
+        "state": "done",
+        "note": "",
+    }
+
+
+def saved_turns(chat: rag.Chat) -> list[Turn]:
+    """A saved chat's turns, as the chat shows them."""
+    return [turn_of(t.question, rag.Answer.from_dict(t.record)) for t in chat.turns]
+
+
+def chat_choices(r: RAG, user: str) -> list[tuple[str, str]]:
+    """The user's saved chats for the picker, newest first: (title · date, id)."""
+    return [(f"{c.title} · {c.to_dict()['updated'][:10]}", c.id) for c in r.chats.list(user=user)]
+
+
 def timings_line(turns: list[Turn]) -> str:
     last = next((t["timings"] for t in reversed(turns) if t.get("timings")), None)
     if not last or not last["total_ms"]:
@@ -500,7 +529,10 @@ def build_app(rag_: RAG) -> gr.Blocks:
     engine = Engine(rag_)
     s = rag_.settings
 
-    def outputs(turns: list[Turn], shown: int | None, status: str, textbox: Any = None) -> tuple[Any, ...]:
+    def outputs(
+        turns: list[Turn], shown: int | None, status: str, textbox: Any = None, saved: Any = None
+    ) -> tuple[Any, ...]:
+        """The chat's outputs; `saved` the id of the saved chat a finished turn went to."""
         messages, _ = chat_messages(turns)
         return (
             messages,
@@ -511,7 +543,12 @@ def build_app(rag_: RAG) -> gr.Blocks:
             status,
             timings_line(turns),
             shown,
+            gr.skip() if saved is None else saved,
         )
+
+    def user_of(request: gr.Request) -> str:
+        # The login under `rag serve --auth`; everyone is the one user without it.
+        return str(getattr(request, "username", None) or "")
 
     def ask(
         question: str,
@@ -524,6 +561,7 @@ def build_app(rag_: RAG) -> gr.Blocks:
         until: str | None,
         only_articles: list[str] | None,
         turns: list[Turn] | None,
+        chat_id: str | None,
         request: gr.Request,
     ) -> Iterator[tuple[Any, ...]]:
         yield from answer_turn(
@@ -537,6 +575,7 @@ def build_app(rag_: RAG) -> gr.Blocks:
             until,
             only_articles,
             turns,
+            chat_id,
             request,
             read_time=None,
         )
@@ -552,6 +591,7 @@ def build_app(rag_: RAG) -> gr.Blocks:
         until: str | None,
         only_articles: list[str] | None,
         turns: list[Turn] | None,
+        chat_id: str | None,
         request: gr.Request,
     ) -> Iterator[tuple[Any, ...]]:
         """The shown question (else the last) asked again, its time reading undone."""
@@ -571,6 +611,7 @@ def build_app(rag_: RAG) -> gr.Blocks:
             until,
             only_articles,
             turns,
+            chat_id,
             request,
             read_time=False,
         )
@@ -586,6 +627,7 @@ def build_app(rag_: RAG) -> gr.Blocks:
         until: str | None,
         only_articles: list[str] | None,
         turns: list[Turn] | None,
+        chat_id: str | None,
         request: gr.Request,
         *,
         read_time: bool | None,
@@ -636,10 +678,13 @@ def build_app(rag_: RAG) -> gr.Blocks:
         flag = engine.stop_flag(session)
         yield outputs(turns, index, WAITING if waiting else "", textbox="")
         pieces: Iterator[str] | None = None
+        saved: str | None = None
         try:
-            stream = r.stream(
+            # A finished turn is saved in the chat (a new one at its first question).
+            conversation = r.chat(chat_id or None, user=user_of(request))
+            conversation.history = history
+            stream = conversation.stream(
                 question,
-                history=history,
                 k=int(top_k),
                 temperature=float(temperature),
                 max_tokens=int(max_tokens),
@@ -664,17 +709,8 @@ def build_app(rag_: RAG) -> gr.Blocks:
             else:
                 answer = stream.answer
                 assert answer is not None
-                turn.update(
-                    answer=answer.answer,
-                    found=answer.found,
-                    support=answer.support,
-                    outcome=answer.outcome,
-                    query=answer.query,
-                    query_time=answer.query_time.to_dict() if answer.query_time else None,
-                    sources=[src.to_dict() for src in answer.sources],
-                    timings=asdict(answer.timings),
-                    state="done",
-                )
+                turn.update(turn_of(question, answer))
+                saved = conversation.id
             status = "Stopped." if turn["state"] == "stopped" else ""
         except rag.Busy:
             turn["state"] = "busy"
@@ -690,13 +726,72 @@ def build_app(rag_: RAG) -> gr.Blocks:
                 if close is not None:
                     close()
             engine.forget(session, flag)
-        yield outputs(turns, index, status)
+        yield outputs(turns, index, status, saved=saved)
 
     def stop(request: gr.Request) -> str:
         return "Stopping…" if engine.stop(request.session_hash or "") else ""
 
     def new_chat() -> tuple[Any, ...]:
-        return ([], [], sources_html([], None), "", "", "", None, ARTICLE_PLACEHOLDER)
+        return (
+            [],
+            [],
+            sources_html([], None),
+            "",
+            "",
+            "",
+            None,
+            ARTICLE_PLACEHOLDER,
+            None,
+        )
+
+    def saved_chats(current: str | None, request: gr.Request) -> Any:
+        """The picker's list, the chat on screen chosen once it is saved."""
+        choices = chat_choices(engine.rag, user_of(request))
+        return gr.update(choices=choices, value=current if any(c[1] == current for c in choices) else None)
+
+    def open_chat(chosen: str | None, request: gr.Request) -> tuple[Any, ...]:
+        """A saved chat back in the chat, its last turn's sources shown; follow-ups go on from it."""
+        if not chosen:
+            return (*(gr.skip() for _ in range(9)), "Choose a saved chat to open.")
+        try:
+            chat = engine.rag.chats.get(chosen, user=user_of(request))
+        except rag.RagError as e:
+            return (*(gr.skip() for _ in range(9)), f"✗ {e}")
+        turns = saved_turns(chat)
+        shown = len(turns) - 1 if turns else None
+        messages, _ = chat_messages(turns)
+        return (
+            messages,
+            turns,
+            sources_html(turns, shown),
+            query_text(turns, shown),
+            timings_line(turns),
+            shown,
+            ARTICLE_PLACEHOLDER,
+            chat.id,
+            chat.title,
+            f"Opened “{_esc(chat.title)}” ({len(turns)} turn{'s' if len(turns) != 1 else ''}).",
+        )
+
+    def rename_chat(chosen: str | None, title: str, request: gr.Request) -> tuple[Any, str]:
+        if not chosen:
+            return gr.skip(), "Choose a saved chat to rename."
+        try:
+            chat = engine.rag.chats.rename(chosen, title, user=user_of(request))
+        except rag.RagError as e:
+            return gr.skip(), f"✗ {e}"
+        return gr.update(choices=chat_choices(engine.rag, user_of(request)), value=chat.id), "Renamed."
+
+    def delete_chat(chosen: str | None, current: str | None, request: gr.Request) -> tuple[Any, Any, str]:
+        if not chosen:
+            return gr.skip(), gr.skip(), "Choose a saved chat to delete."
+        try:
+            engine.rag.chats.delete(chosen, user=user_of(request))
+        except rag.RagError as e:
+            return gr.skip(), gr.skip(), f"✗ {e}"
+        # The chat on screen stays readable; its next question starts a new saved chat.
+        after = None if current == chosen else current
+        return gr.update(choices=chat_choices(engine.rag, user_of(request)), value=None), after, "Deleted."
 
     def pick_turn(turns: list[Turn] | None, evt: gr.SelectData) -> tuple[str, str, int | None]:
         turns = turns or []
@@ -813,6 +908,8 @@ def build_app(rag_: RAG) -> gr.Blocks:
     ) as demo:
         turns = gr.State([])
         shown = gr.State(None)
+        # The saved chat the conversation on screen goes to (None: a new one at its first turn).
+        chat_id = gr.State(None)
         gr.Markdown("## Chat with your articles")
         header = gr.Markdown(library_line(rag_))
         with gr.Tab("Chat"), gr.Row(equal_height=False):
@@ -848,6 +945,28 @@ def build_app(rag_: RAG) -> gr.Blocks:
                 )
                 with gr.Row():
                     new_chat_btn = gr.Button("New chat", size="sm")
+                with gr.Accordion("Saved chats", open=False, elem_id="saved-chats"):
+                    with gr.Row(equal_height=True):
+                        past = gr.Dropdown(
+                            choices=[],
+                            value=None,
+                            label="Saved chats (newest first)",
+                            scale=4,
+                            elem_id="past-chats",
+                        )
+                        open_btn = gr.Button("Open", scale=1, min_width=70, elem_id="open-chat")
+                    with gr.Row(equal_height=True):
+                        chat_title = gr.Textbox(
+                            label="Title",
+                            placeholder="Rename the chosen chat…",
+                            scale=4,
+                            elem_id="chat-title",
+                        )
+                        rename_btn = gr.Button("Rename", scale=1, min_width=70, elem_id="rename-chat")
+                        delete_btn = gr.Button(
+                            "Delete", variant="stop", scale=1, min_width=70, elem_id="delete-chat"
+                        )
+                    chats_status = gr.Markdown("", elem_id="chats-status")
                 with gr.Accordion("Settings", open=False):
                     top_k = gr.Slider(1, 20, value=s.top_k, step=1, label="Passages per question")
                     temperature = gr.Slider(
@@ -944,7 +1063,7 @@ def build_app(rag_: RAG) -> gr.Blocks:
                 remove_btn = gr.Button("Remove", variant="stop", scale=1, min_width=100)
             removed = gr.Markdown("")
 
-        chat_outputs = [chatbot, turns, question, sources, query, status, timings, shown]
+        chat_outputs = [chatbot, turns, question, sources, query, status, timings, shown, chat_id]
         # What a question is asked with: the settings and filters, and the conversation.
         asked_with = [
             top_k,
@@ -956,6 +1075,7 @@ def build_app(rag_: RAG) -> gr.Blocks:
             until,
             only_articles,
             turns,
+            chat_id,
         ]
         asking = gr.on(
             [question.submit, send.click],
@@ -982,9 +1102,33 @@ def build_app(rag_: RAG) -> gr.Blocks:
         )
         new_chat_btn.click(
             new_chat,
-            outputs=[chatbot, turns, sources, query, status, timings, shown, viewer],
+            outputs=[chatbot, turns, sources, query, status, timings, shown, viewer, chat_id],
             cancels=[asking, untimed],
             api_name="new_chat",
+        )
+        open_btn.click(
+            open_chat,
+            inputs=[past],
+            outputs=[
+                chatbot,
+                turns,
+                sources,
+                query,
+                timings,
+                shown,
+                viewer,
+                chat_id,
+                chat_title,
+                chats_status,
+            ],
+            cancels=[asking, untimed],
+            api_name="open_chat",
+        )
+        rename_btn.click(
+            rename_chat, inputs=[past, chat_title], outputs=[past, chats_status], api_name="rename_chat"
+        )
+        delete_btn.click(
+            delete_chat, inputs=[past, chat_id], outputs=[past, chat_id, chats_status], api_name="delete_chat"
         )
         chatbot.select(pick_turn, inputs=[turns], outputs=[sources, query, shown], api_visibility="private")
         sources.click(open_source, inputs=[turns], outputs=[viewer], api_visibility="private")
@@ -1028,6 +1172,10 @@ def build_app(rag_: RAG) -> gr.Blocks:
             api_name="load_model",
         )
         demo.load(library, outputs=library_outputs, api_name="library")
+        demo.load(saved_chats, inputs=[chat_id], outputs=[past], api_name="saved_chats")
+        # A finished turn is in the saved chats: the picker shows it.
+        for answered in (asking, untimed):
+            answered.then(saved_chats, inputs=[chat_id], outputs=[past], api_visibility="private")
     return demo
 
 
@@ -1039,7 +1187,7 @@ def launch_options(
     *,
     host: str = "127.0.0.1",
     port: int | None = 7860,
-    auth: tuple[str, str] | None = None,
+    auth: Logins = None,
 ) -> dict[str, Any]:
     """What `Blocks.launch` needs to serve this app locked down."""
     return {
@@ -1068,7 +1216,7 @@ def mount_options(
     *,
     host: str = "127.0.0.1",
     port: int | None = 7860,
-    auth: tuple[str, str] | None = None,
+    auth: Logins = None,
 ) -> dict[str, Any]:
     """`launch_options` for `gr.mount_gradio_app`, which takes the same lock-down options
     (theme, css, auth, max_file_size, allowed_paths, no SSR/PWA/MCP/monitoring/run
@@ -1086,15 +1234,16 @@ def build_server(
     *,
     host: str = "127.0.0.1",
     port: int | None = 7860,
-    auth: tuple[str, str] | None = None,
+    auth: Logins = None,
     api_key: str | None = None,
     ui: bool = True,
 ) -> tuple[Any, gr.Blocks | None]:
     """One ASGI app for one `RAG`: the HTTP API under /v1 (and /health, /openapi.json) and,
     unless `ui=False`, the chat at /. Both share the model and its Gate, so an answer in
     the browser and one over the API wait for each other in the same queue."""
-    from rag.server import create_app
+    from rag.server import create_app, logins_of
 
+    auth = logins_of(auth) or None
     app = create_app(rag_, api_key=api_key, login=auth)
     if not ui:
         return app, None
@@ -1167,7 +1316,7 @@ def launch(
     *,
     host: str = "127.0.0.1",
     port: int | None = None,
-    auth: tuple[str, str] | None = None,
+    auth: Logins = None,
     quiet: bool = True,
     api_key: str | None = None,
     ui: bool = True,
@@ -1197,7 +1346,7 @@ def serve(
     *,
     host: str = "127.0.0.1",
     port: int = 7860,
-    auth: tuple[str, str] | None = None,
+    auth: Logins = None,
     api_key: str | None = None,
     ui: bool = True,
     watch: Sequence[str] = (),

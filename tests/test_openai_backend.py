@@ -52,10 +52,16 @@ def engine(tmp_path_factory) -> Iterator[str]:
     settings = rag.Settings()
     port = free_port()
     log_path = tmp_path_factory.mktemp("engine") / "server.log"
+    # The server's own Llama loads its weights as rag's does (unrepacked on AMX CPUs, whose
+    # kernels crash llama.cpp: rag.generation.loading_weights).
+    start = (
+        "import runpy, sys; from rag.generation import loading_weights; sys.argv[0] = 'llama_cpp.server'\n"
+        "with loading_weights(): runpy.run_module('llama_cpp.server', run_name='__main__')"
+    )
     cmd = [
         sys.executable,
-        "-m",
-        "llama_cpp.server",
+        "-c",
+        start,
         "--model",
         str(resolve_model(settings.model)),
         "--host",

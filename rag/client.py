@@ -93,11 +93,6 @@ def find(index: str | os.PathLike[str], *, api_key: str = "", timeout: float = 1
     return url
 
 
-def answer_from(data: dict[str, Any]) -> Answer:
-    """An `Answer` from its `to_dict()` form (as the API sends it)."""
-    return Answer.from_dict(data)
-
-
 class RemoteStream:
     """An answer streaming from a server, read like an `AnswerStream`: iterate it for the text
     pieces; `.answer` holds the `Answer` after the last one."""
@@ -141,7 +136,7 @@ class RemoteStream:
     def _finish(self, chunk: dict[str, Any], text: str) -> None:
         withdrawn = bool(chunk.get("withdrawn"))
         self.query = chunk.get("query") or self.question
-        self.answer = answer_from(
+        self.answer = Answer.from_dict(
             {
                 **chunk,
                 "answer": chunk.get("answer", "") if withdrawn else text.strip(),

@@ -360,18 +360,27 @@ class RAG:
         assert s.answer is not None
         return s.answer
 
-    def chat(self, id: str | None = None, *, user: str = "", save: bool = True) -> ChatSession:
+    def chat(
+        self,
+        id: str | None = None,
+        *,
+        user: str = "",
+        save: bool = True,
+        history: Sequence[Message] | None = None,
+    ) -> ChatSession:
         """A conversation whose follow-ups are searched as standalone questions, saved in
         the index folder's `chats.sqlite`; with `id`, the saved chat of that id goes on (a new
-        id starts one)."""
-        return ChatSession(self, id=id, user=user, save=save)
+        id starts one). `history`, when the caller holds the conversation already (the UI),
+        is used instead of reading it back."""
+        return ChatSession(self, id=id, user=user, save=save, history=history)
 
     @property
     def chats(self) -> Chats:
         """The saved conversations of this index (`rag.chats`)."""
-        if self._chats is None:
-            self._chats = Chats(self.settings.index)
-        return self._chats
+        with self._load_lock:
+            if self._chats is None:
+                self._chats = Chats(self.settings.index)
+            return self._chats
 
     def standalone_query(self, question: str, history: Sequence[Message]) -> str:
         """What to search for a follow-up: see `follow_up`."""
@@ -693,15 +702,24 @@ class ChatSession:
     Saved (`rag.chats`), each finished turn in one write, unless `save` is off: `id` names
     it, and a session opened with the id of a saved chat goes on from its turns."""
 
-    def __init__(self, rag: RAG, *, id: str | None = None, user: str = "", save: bool = True) -> None:
+    def __init__(
+        self,
+        rag: RAG,
+        *,
+        id: str | None = None,
+        user: str = "",
+        save: bool = True,
+        history: Sequence[Message] | None = None,
+    ) -> None:
         self.rag = rag
         self.user = user
         self.save = save
         self.id = check_id(id) if id is not None else new_id()
-        self.history: list[Message] = []
-        saved = rag.chats.find(self.id, user=user) if save and id is not None else None
-        if saved is not None:
-            self.history = saved.messages()
+        self.history: list[Message] = list(history or ())
+        if history is None and save and id is not None:
+            saved = rag.chats.find(self.id, user=user)
+            if saved is not None:
+                self.history = saved.messages()
 
     def stream(self, question: str, **kwargs: Any) -> AnswerStream:
         s = self.rag.stream(question, history=self.history, **kwargs)

@@ -681,8 +681,7 @@ def build_app(rag_: RAG) -> gr.Blocks:
         saved: str | None = None
         try:
             # A finished turn is saved in the chat (a new one at its first question).
-            conversation = r.chat(chat_id or None, user=user_of(request))
-            conversation.history = history
+            conversation = r.chat(chat_id or None, user=user_of(request), history=history)
             stream = conversation.stream(
                 question,
                 k=int(top_k),

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from .chats import Chat, Chats, ChatTurn
 from .errors import (
+    ArticleNotFound,
     Busy,
     ChatNotFound,
     ConfigError,
@@ -27,6 +28,7 @@ from .errors import (
 from .filters import Filters
 from .followup import FollowUp
 from .settings import Settings
+from .summary import Task, recognise
 from .types import Answer, Article, ArticleInfo, Chunk, Copy, IngestReport, Source, Timings
 from .when import QueryTime
 
@@ -36,6 +38,7 @@ __all__ = [
     "AnswerStream",
     "Article",
     "ArticleInfo",
+    "ArticleNotFound",
     "Busy",
     "Chat",
     "ChatNotFound",
@@ -62,11 +65,13 @@ __all__ = [
     "RagError",
     "Settings",
     "Source",
+    "Task",
     "Timings",
     "Watcher",
     "ask",
     "citations",
     "is_refusal",
+    "recognise",
 ]
 
 __version__ = "0.1.0"

@@ -96,6 +96,12 @@ def _settings_options(*names: str) -> Callable[[F], F]:
         "reranker": click.option(
             "--reranker", help="CrossEncoder name or path re-ranking the passages [env RAG_RERANKER]."
         ),
+        "tasks": click.option(
+            "--tasks/--no-tasks",
+            default=None,
+            help="Summarize whole articles when a question asks for it ('summarize the article about "
+            "X', 'what do my articles say about Y'; default on).",
+        ),
         "guard": click.option(
             "--guard/--no-guard",
             default=None,
@@ -185,6 +191,7 @@ SETTING_NAMES = (
     "today",
     "read_time",
     "rewrite",
+    "tasks",
     "max_file_mb",
 )
 
@@ -474,6 +481,44 @@ def ask(question: str, as_json: bool, server: str | None, local: bool, **kw: Any
     stream = answerer.stream(question, filters=filters, **per_question)
     for piece in stream:
         if not as_json:
+            click.echo(piece, nl=False)
+    answer = stream.answer
+    assert answer is not None
+    if as_json:
+        click.echo(json.dumps(answer.to_dict(), ensure_ascii=False))
+        return
+    click.echo()
+    _print_outcome(answer)
+    _print_sources(answer)
+
+
+@cli.command()
+@click.argument("targets", nargs=-1, metavar="ID...|REQUEST")
+@click.option("--focus", default="", help="Keep to what the article says about this.")
+@_settings_options(*SETTING_NAMES[:-1])
+@_filter_options
+@click.option("--json", "as_json", is_flag=True, help="Print Answer.to_dict() as one JSON object.")
+@_handle_errors
+def summarize(targets: tuple[str, ...], focus: str, as_json: bool, **kw: Any) -> None:
+    """Summarize whole articles, each point cited: the articles of the given ids (as `rag
+    list` shows them), or those a request names ("what do my articles say about sanctions",
+    "the article about the bridge vote"); with nothing given, the index's only article.
+    An article too long for the model's context is read in parts, the notes then combined."""
+    from .pipeline import RAG
+    from .summary import progress_text
+
+    filters = _filters(kw)
+    rag = RAG(_split(kw, *SETTING_NAMES))
+    snap = rag.snapshot()
+    ids = targets if len(targets) > 1 or (snap is not None and targets and snap.article(targets[0])) else ()
+    stream = rag.summarize("" if ids else " ".join(targets), ids=ids, focus=focus, filters=filters)
+    if not as_json and stream.sources:
+        titles = dict.fromkeys(x.title or x.article_id for x in stream.sources)
+        click.echo(f"Summary of {'; '.join(titles)}:", err=True)
+    for piece in stream:
+        if not piece and stream.progress is not None:
+            click.echo(f"({progress_text(*stream.progress)})", err=True)
+        elif not as_json:
             click.echo(piece, nl=False)
     answer = stream.answer
     assert answer is not None

@@ -48,6 +48,10 @@ class ChatNotFound(RagError):
     """No saved chat has that id (for this user)."""
 
 
+class ArticleNotFound(RagError):
+    """No indexed article has that id."""
+
+
 class QuestionError(RagError):
     """The question itself cannot be asked (empty, too long)."""
 

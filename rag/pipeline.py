@@ -14,21 +14,23 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from . import followup
+from . import followup, summary
 from . import prompt as P
 from . import support as S
 from .chats import Chats, check_id, new_id
+from .chunking import split_sentences
 from .embedding import Embedder, Progress, load_cross_encoder
-from .errors import IndexNotFound, InputError, QuestionError, QuestionTooLong, RagError
+from .errors import ArticleNotFound, IndexNotFound, InputError, QuestionError, QuestionTooLong, RagError
 from .filters import Filters, article_date
 from .followup import FollowUp
 from .generation import Gate, Generator, Message, local_generator
-from .guard import EXEMPLARS, mask, passages_for_model, planted_instructions
+from .guard import EXEMPLARS, mask, passages_for_model, planted_instructions, withhold
 from .ingest import ingest as _ingest
 from .ingest import remove as _remove
 from .retrieval import answering, answering_alike, by_date, evidence, newest_first, rerank, search
 from .settings import Settings
-from .store import CURRENT, Snapshot
+from .store import CURRENT, ChunkRow, Snapshot
+from .summary import Task
 from .types import GATE, MODEL, SUPPORTED, UNSUPPORTED, Answer, ArticleInfo, IngestReport, Source, Timings
 from .when import QueryTime, read, today_of
 
@@ -38,6 +40,15 @@ EMPTY_INDEX = "The index holds no articles yet. Add some with `rag ingest PATH..
 SENTENCE_CACHE = 2048
 NO_MATCH = "No article matches the filters ({}); widen or clear them."
 NO_ARTICLE = "No article from {}."
+NO_SUBJECT = "No article in the index is about “{}”; try other words, or pick the article in the Library."
+WHICH = (
+    "Which article? The index holds {}: say what it is about (“summarize the article about ...”) "
+    "or press Summarize on one in the Library."
+)
+NOT_HELD = (
+    "The articles do not say: no point of the model's summary could be found in the article's "
+    "passages. Open the article in the Library to read it."
+)
 # A recency question ("latest", "now") or a timeline draws this many times k passages. For
 # recency, those that answer about as well as the best (`retrieval.answering_alike`) give the
 # newest first; for a timeline, those whose own answerability reaches this share of the best
@@ -220,13 +231,7 @@ class RAG:
         if s.reranker:
             hits = rerank(self.cross_encoder, query, hits, k)
         texts = [r.text for r, _ in hits]
-        spans: list[list[tuple[int, int]]] = [[] for _ in texts]
-        if s.guard:
-            spans = planted_instructions(texts, self.encode_sentences, self._exemplars())
-        withheld = [tuple(t[a:b] for a, b in sp) for t, sp in zip(texts, spans, strict=True)]
-        for (r, _), w in zip(hits, withheld, strict=True):
-            if w:
-                log.info("passage of %s: withheld from the model as instructions to it: %r", r.article_id, w)
+        withheld = self._withheld([r for r, _ in hits])
         # A withheld sentence is no evidence, however close to the question it is.
         masked = [mask(t, w) for t, w in zip(texts, withheld, strict=True)]
         ev = evidence(self.encode_sentences, qvec, masked, per_text=self.settings.evidence_sentences)
@@ -251,6 +256,93 @@ class RAG:
             )
             for n, ((r, score), e, w) in enumerate(zip(hits, ev, withheld, strict=True), start=1)
         ]
+
+    def _withheld(self, rows: Sequence[ChunkRow]) -> list[tuple[str, ...]]:
+        """The sentences of each chunk that read as instructions to the model (`rag.guard`)."""
+        texts = [r.text for r in rows]
+        spans: list[list[tuple[int, int]]] = [[] for _ in texts]
+        if self.settings.guard:
+            spans = planted_instructions(texts, self.encode_sentences, self._exemplars())
+        withheld = [tuple(t[a:b] for a, b in sp) for t, sp in zip(texts, spans, strict=True)]
+        for r, w in zip(rows, withheld, strict=True):
+            if w:
+                log.info("passage of %s: withheld from the model as instructions to it: %r", r.article_id, w)
+        return withheld
+
+    def article_sources(self, article_ids: Sequence[str]) -> list[Source]:
+        """Every passage of the articles, in article order, numbered from 1 across them."""
+        snap = self.snapshot()
+        if snap is None:
+            return []
+        rows: list[ChunkRow] = []
+        for aid in article_ids:
+            rows += sorted(snap.chunks(snap.filter_chunks(Filters(ids=(aid,)))), key=lambda r: r.ordinal)
+        withheld = self._withheld(rows)
+        copies = snap.copies_of(list(article_ids))
+        return [
+            Source(
+                n=n,
+                article_id=r.article_id,
+                title=r.title,
+                url=r.url,
+                date=r.date,
+                text=r.text,
+                evidence=(),
+                score=0.0,
+                source=r.source,
+                author=r.author,
+                start=r.start,
+                end=r.end,
+                chunk_id=r.id,
+                withheld=w,
+                copies=copies.get(r.article_id, ()),
+            )
+            for n, (r, w) in enumerate(zip(rows, withheld, strict=True), start=1)
+        ]
+
+    def task_articles(
+        self, task: Task, filters: Filters | None = None, *, ids: Sequence[str] = ()
+    ) -> tuple[list[str], str, S.Answerability]:
+        """The articles a whole-article task reads: `ids` when given, else the article (or,
+        `several`, the articles) its subject retrieves, gated like a question; with no
+        subject, the only article there is. Returns them with, when there are none, the
+        message saying why, and the subject's evidence."""
+        none = S.Answerability(0.0, 0.0, 0.0)
+        snap = self.snapshot()
+        if snap is None or len(snap) == 0:
+            return [], EMPTY_INDEX, none
+        if ids:
+            missing = [i for i in ids if snap.article(i) is None]
+            if missing:
+                raise ArticleNotFound(f"no article {missing[0]!r} in the index; `rag list` shows the ids")
+            return list(dict.fromkeys(ids)), "", S.Answerability(1.0, 1.0, 1.0)
+        active = filters is not None and filters.active
+        if not task.subject:
+            if active:
+                assert filters is not None
+                rows = snap.chunks(snap.filter_chunks(filters))
+                found = list(dict.fromkeys(r.article_id for r in rows))
+                if not found:
+                    return [], NO_MATCH.format(filters.describe()), none
+            else:
+                found = [a.id for a in snap.articles()]
+            if len(found) == 1 or (task.several and len(found) <= summary.MAX_ARTICLES):
+                return found, "", S.Answerability(1.0, 1.0, 1.0)
+            return [], WHICH.format(len(found)), none
+        k = self.settings.top_k * (TIME_POOL if task.several else 1)
+        sources = self.retrieve(task.subject, k=k, filters=filters)
+        ev = self.answerability(task.subject, sources)
+        if not sources or ev.cosine < self.settings.min_score or ev.score < self.settings.min_answerability:
+            if not sources and active:
+                assert filters is not None
+                return [], NO_MATCH.format(filters.describe()), ev
+            log.info("no article about %r: %s", task.subject, ev)
+            return [], NO_SUBJECT.format(task.subject), ev
+        if not task.several:
+            return [sources[0].article_id], "", ev
+        each = [self.answerability(task.subject, [x]).score for x in sources]
+        chosen = [sources[i].article_id for i in answering(each, TIMELINE_BAND)]
+        return list(dict.fromkeys(chosen))[: summary.MAX_ARTICLES], "", ev
 
     def query_time(self, question: str, *, today: str | None = None) -> QueryTime:
         """What `question` says about time (`rag.when`), read against `today` (default: the
@@ -327,6 +419,13 @@ class RAG:
         `read_time` (default: the setting) reads the question's time into them, against
         `today` (default: the setting, else the clock)."""
         q = self.check_question(question)
+        task = summary.recognise(q) if self.settings.tasks else None
+        if task is not None:
+            if not task.subject and history:
+                # "Summarize it": the article the conversation is about.
+                asked = [m["content"] for m in history if m.get("role") == "user"]
+                task = replace(task, subject=followup.subject(asked, ""))
+            return self.summarize(task, filters=filters, max_tokens=max_tokens, question=q)
         follow = self.follow_up(q, history) if history else FollowUp(q, "alone")
         query = follow.query
         when = None
@@ -350,6 +449,46 @@ class RAG:
             follow_up=follow,
             temperature=self.settings.temperature if temperature is None else temperature,
             max_tokens=max_tokens or self.settings.max_tokens,
+        )
+
+    def summarize(
+        self,
+        target: str | Task = "",
+        *,
+        ids: Sequence[str] = (),
+        focus: str = "",
+        filters: Filters | None = None,
+        max_tokens: int | None = None,
+        question: str = "",
+    ) -> AnswerStream:
+        """Start summarising whole articles: iterate the result for the summary's points as
+        they come, each cited, then read `.answer`. `ids` names the articles; else `target`
+        is an article id, a request ("summarize what my articles say about X", `rag.summary`)
+        or the subject of the article to summarise ("" when the index holds one). `focus`
+        keeps to what the article says about it."""
+        snap = self.snapshot()
+        if isinstance(target, Task):
+            task = target
+        else:
+            text = self.check_question(target) if target.strip() else ""
+            if not ids and text and snap is not None and snap.article(text) is not None:
+                ids = (text,)
+                task = Task()
+            else:
+                task = summary.recognise(text) or Task(subject=text)
+        if focus:
+            task = replace(task, focus=focus)
+        label = question or (target if isinstance(target, str) and target else "") or "Summarize"
+        return AnswerStream(
+            self,
+            question=label,
+            query=task.subject,
+            k=None,
+            filters=filters,
+            temperature=0.0,
+            max_tokens=max(max_tokens or 0, summary.TOKENS),
+            task=task,
+            article_ids=tuple(ids),
         )
 
     def ask(self, question: str, **kwargs: Any) -> Answer:
@@ -465,6 +604,8 @@ class AnswerStream:
         filters: Filters | None = None,
         when: QueryTime | None = None,
         follow_up: FollowUp | None = None,
+        task: Task | None = None,
+        article_ids: Sequence[str] = (),
     ) -> None:
         self.rag = rag
         self.question = question
@@ -480,7 +621,23 @@ class AnswerStream:
         narrowed = when.filters(filters) if when is not None else filters
         meet = when is None or narrowed is not None
         self.sources: list[Source] = []
-        if meet:
+        # A whole-article task: the articles it reads, or why there are none.
+        self.task = task
+        self.articles: list[str] = []
+        self.refusal = ""
+        self._task_evidence = S.Answerability(0.0, 0.0, 0.0)
+        # (sections read, sections) of a summary while it runs; each section read yields a
+        # piece, "" when it made no point shown.
+        self.progress: tuple[int, int] | None = None
+        self._summary_evidence: dict[int, tuple[str, ...]] = {}
+        self._said = ""
+        self._prompt_tokens = 0
+        if task is not None:
+            self.articles, self.refusal, self._task_evidence = rag.task_articles(
+                task, filters, ids=article_ids
+            )
+            self.sources = rag.article_sources(self.articles)
+        elif meet:
             k = k or rag.settings.top_k
             ordered = when is not None and when.applied and (when.recency or when.timeline)
             self.sources = rag.retrieve(self.searched, k=k * TIME_POOL if ordered else k, filters=narrowed)
@@ -500,6 +657,11 @@ class AnswerStream:
         self.headers: list[str] = []
         self.on_done: Callable[[Answer, str], None] | None = None
 
+    @property
+    def status(self) -> str:
+        """What a summary read in parts is doing ("" otherwise), for a status line."""
+        return summary.progress_text(*self.progress) if self.progress is not None else ""
+
     def _in_time_order(self, k: int) -> list[Source]:
         """The passages of a recency question, the newest that answers first; of a timeline,
         those that answer, in date order. Renumbered as the model will read them."""
@@ -514,6 +676,9 @@ class AnswerStream:
         return [replace(x, n=n) for n, x in enumerate(chosen, start=1)]
 
     def __iter__(self) -> Iterator[str]:
+        if self.task is not None:
+            yield from self._summary()
+            return
         s = self.rag.settings
         snap = self.rag.snapshot()
         ev = self.evidence = self.rag.answerability(self.searched, self.sources)
@@ -622,6 +787,127 @@ class AnswerStream:
         self.text = self.text.strip()
         self._finish(support=SUPPORTED, first_ms=first_ms, prompt_tokens=0)
 
+    def _summary(self) -> Iterator[str]:
+        """A summary of whole articles (`rag.summary`): each article read in sections, each
+        section's main fact one point, streamed as it is tied to the passage holding it; when
+        there are more points than a summary holds (a long article, several), they are
+        combined into fewer, and those streamed."""
+        assert self.task is not None
+        self.evidence = self._task_evidence
+        snap = self.rag.snapshot()
+        if not self.sources or snap is None:
+            self.text = self.refusal or P.REFUSAL
+            self._finish(support=GATE, first_ms=0.0, prompt_tokens=0)
+            yield self.text
+            return
+        gen = self.rag.generator
+        focus = self.task.focus
+        budget = gen.n_ctx - self.max_tokens - summary.OVERHEAD
+        each = max(1, summary.POINTS // len(self.articles))
+        plan: list[str] = []
+        for aid in self.articles:
+            mine = [x for x in self.sources if x.article_id == aid]
+            found = snap.article(aid)
+            if not mine or found is None:
+                continue
+            if focus and any(summary.about(x.text, focus) for x in mine):
+                # "What does the article say about Kyiv?": the passages that name it.
+                mine = [x for x in mine if summary.about(x.text, focus)]
+            withheld = [w for x in mine for w in x.withheld]
+            runs = summary.sections(
+                [(x.start, x.end) for x in mine], found[1], gen.count_tokens, budget, each
+            )
+            plan += [withhold(r, withheld) for r in runs]
+        texts = [mask(x.text, x.withheld) for x in self.sources]
+        rarity = S.index_rarity(snap)
+        held: dict[int, list[str]] = {}
+        said: list[str] = []
+        first_ms = 0.0
+        direct = len(plan) <= summary.POINTS
+        notes: list[str] = []
+        for step, run in enumerate(plan, start=1):
+            out = self._complete(summary.point_messages(run, focus), summary.POINT_TOKENS)
+            line = out.strip().split("\n")[0] if out.strip() else ""
+            if P.is_refusal(line):
+                # A section that says nothing on the focus.
+                line = ""
+            said.append(line)
+            self.progress = (step, len(plan))
+            shown = self._point(line, texts, rarity, held) if direct and line else ""
+            if shown:
+                first_ms = first_ms or (time.perf_counter() - self._t0) * 1000
+                self.text += shown
+            elif line:
+                notes.append(line)
+            yield shown
+        if not direct:
+            # Notes too many for one summary: combined, in groups while they do not fit.
+            while (
+                len(notes) > summary.POINTS
+                and len(gen.format(summary.reduce_messages(notes, focus)).tokens) > budget
+            ):
+                notes = [
+                    self._complete(summary.reduce_messages(g, focus, points=2), self.max_tokens)
+                    for g in summary.batches(notes, gen.count_tokens, budget)
+                ]
+            prompt = gen.format(summary.reduce_messages(notes, focus))
+            self._prompt_tokens += len(prompt.tokens)
+            said = []
+            buf = ""
+            with self.rag.gate.hold():
+                for piece in gen.stream(
+                    prompt, max_tokens=self.max_tokens, temperature=0.0, seed=self.rag.settings.seed
+                ):
+                    said.append(piece)
+                    buf += piece
+                    while "\n" in buf:
+                        line, buf = buf.split("\n", 1)
+                        out = self._point(line, texts, rarity, held)
+                        if out:
+                            first_ms = first_ms or (time.perf_counter() - self._t0) * 1000
+                            self.text += out
+                            yield out
+            out = self._point(buf, texts, rarity, held)
+            if out:
+                first_ms = first_ms or (time.perf_counter() - self._t0) * 1000
+                self.text += out
+                yield out
+        self._said = ("\n" if direct else "").join(said)
+        self.text = self.text.strip()
+        support = SUPPORTED
+        if not held:
+            log.info("summary withdrawn, no point held by the passages: %r", self._said)
+            self.draft, self.text = self._said.strip(), NOT_HELD
+            support = f"{UNSUPPORTED}: {summary.NOT_HELD_CHECK}"
+        self._summary_evidence = {
+            self.sources[i].n: _evidence_of(texts[i], points, rarity) for i, points in held.items()
+        }
+        self._finish(support=support, first_ms=first_ms, prompt_tokens=self._prompt_tokens)
+
+    def _complete(self, messages: list[Message], max_tokens: int) -> str:
+        """The model's whole reply to `messages` (a step of a summary)."""
+        gen = self.rag.generator
+        prompt = gen.format(messages)
+        self._prompt_tokens += len(prompt.tokens)
+        with self.rag.gate.hold():
+            return "".join(
+                gen.stream(prompt, max_tokens=max_tokens, temperature=0.0, seed=self.rag.settings.seed)
+            ).strip()
+
+    def _point(self, line: str, texts: Sequence[str], rarity: S.Rarity, held: dict[int, list[str]]) -> str:
+        """One line of the model's summary as it is shown: the point cited with the passage
+        holding it, or "" (not a point, a repeat, or held by no passage: dropped)."""
+        point = summary.point_of(line)
+        if not point or any(point in ps for ps in held.values()):
+            return ""
+        i, share = summary.held(point, texts, rarity)
+        if i < 0 or share < summary.HELD:
+            log.info("summary point dropped, held by no passage (best %.2f): %r", share, point)
+            return ""
+        held.setdefault(i, []).append(point)
+        # Cited at its end, as an answer's sentence is; a bullet point needs no full stop.
+        return f"- {point.rstrip(' .;,')} [{self.sources[i].n}]\n"
+
     def _verify(self, snap: Snapshot) -> str:
         """`supported`, or `unsupported: <check>` with the answer withdrawn: the model's text
         moves to `draft`, and the answer says what the closest passage does say."""
@@ -654,16 +940,22 @@ class AnswerStream:
         found = support == SUPPORTED
         # A withdrawn answer cites the closest passage it quotes.
         cited = set(P.citations(self.text)) if found or self.draft else set()
-        evidence = [s.evidence for s in self.sources]
-        if found and self.sources:
-            masked = [mask(s.text, s.withheld) for s in self.sources]
-            evidence = self.rag.answer_evidence(self.searched, self.text, masked)
-        sources = tuple(
-            Source(**{**s.__dict__, "cited": s.n in cited, "evidence": e})
-            for s, e in zip(self.sources, evidence, strict=True)
-        )
+        if self.task is not None:
+            # A summary shows the passages its points came from, of all those it read.
+            mine = self._summary_evidence
+            sources = tuple(replace(x, cited=True, evidence=mine[x.n]) for x in self.sources if x.n in mine)
+        else:
+            evidence = [s.evidence for s in self.sources]
+            if found and self.sources:
+                masked = [mask(s.text, s.withheld) for s in self.sources]
+                evidence = self.rag.answer_evidence(self.searched, self.text, masked)
+            sources = tuple(
+                Source(**{**s.__dict__, "cited": s.n in cited, "evidence": e})
+                for s, e in zip(self.sources, evidence, strict=True)
+            )
         total_ms = (time.perf_counter() - self._t0) * 1000
-        completion = self.rag.generator.count_tokens(self.draft or self.text) if prompt_tokens else 0
+        said = self._said or self.draft or self.text
+        completion = self.rag.generator.count_tokens(said) if prompt_tokens else 0
         gen_s = (total_ms - first_ms) / 1000 if first_ms else 0.0
         self.answer = Answer(
             answer=self.text,
@@ -674,6 +966,7 @@ class AnswerStream:
             draft=self.draft,
             answerability=self.evidence.score,
             query_time=self.when,
+            task="summary" if self.task is not None else "answer",
             timings=Timings(
                 retrieve_ms=round(self.retrieve_ms, 1),
                 first_token_ms=round(first_ms, 1),
@@ -685,6 +978,14 @@ class AnswerStream:
         )
         if self.on_done is not None:
             self.on_done(self.answer, self.question)
+
+
+def _evidence_of(text: str, points: Sequence[str], rarity: S.Rarity) -> tuple[str, ...]:
+    """The sentence of `text` holding most of each point (in text order, each once)."""
+    spans = split_sentences(text)
+    sentences = [text[a:b] for a, b in spans]
+    chosen = {summary.held(p, sentences, rarity)[0] for p in points}
+    return tuple(sentences[i] for i in sorted(chosen) if i >= 0)
 
 
 def _as_of(answer: str, sources: Sequence[Source]) -> str:
@@ -732,6 +1033,12 @@ class ChatSession:
             pass
         assert s.answer is not None
         return s.answer
+
+    def summarize(self, target: str = "", **kwargs: Any) -> AnswerStream:
+        """`RAG.summarize` as a turn of this conversation (the Summarize button's)."""
+        s = self.rag.summarize(target, **kwargs)
+        s.on_done = self._record
+        return s
 
     def _record(self, answer: Answer, question: str) -> None:
         if self.save:

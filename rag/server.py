@@ -48,6 +48,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .chats import check_id, markdown
 from .errors import (
+    ArticleNotFound,
     Busy,
     ChatNotFound,
     ConfigError,
@@ -60,6 +61,7 @@ from .errors import (
 from .filters import Filters
 from .generation import BackendError
 from .pipeline import RAG, AnswerStream
+from .summary import MAX_ARTICLES
 from .types import Answer
 from .when import today_of
 
@@ -321,6 +323,9 @@ class ChatCompletion(BaseModel):
     sources: list[SourceOut] = Field(description="The passages behind the answer; `cited` marks those cited.")
     found: bool = Field(description="False when the articles do not hold the answer.")
     support: str = Field(description=SUPPORT_DOC)
+    task: str = Field(
+        "answer", description="`answer`, or `summary` when the question asked for whole articles summarized."
+    )
     query: str = Field(description="What was searched: the question, or its standalone rewrite.")
     query_time: QueryTimeOut | None = Field(
         None, description="The question's time, as read (null: reading off)."
@@ -412,6 +417,41 @@ class RetrieveRequest(BaseModel):
     filters: FiltersIn | None = Field(None, description="Only passages of these articles.")
 
 
+class SummarizeRequest(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        strict=True,
+        json_schema_extra={
+            "examples": [{"query": "what do my articles say about rare earth metals"}, {"ids": ["a1b2c3"]}]
+        },
+    )
+
+    ids: list[str] | None = Field(
+        None, min_length=1, max_length=MAX_ARTICLES, description="The articles to summarize, by id."
+    )
+    query: str | None = Field(
+        None,
+        min_length=1,
+        description="Without ids: a request ('the article about X', 'what do my articles say about Y') or "
+        "the subject of the article to summarize.",
+    )
+    focus: str | None = Field(None, description="Keep to what the articles say about this.")
+    filters: FiltersIn | None = Field(None, description="Only these articles may be chosen.")
+
+
+class SummaryOut(BaseModel):
+    """A summary of whole articles, as in `Answer.to_dict()`: each point cited."""
+
+    answer: str
+    found: bool
+    support: str = Field(description=SUPPORT_DOC)
+    task: Literal["summary"] = "summary"
+    query: str = Field(description="The subject the articles were chosen by (empty: given by id).")
+    sources: list[SourceOut] = Field(description="The passages the points were found in.")
+    draft: str = Field(description="The model's summary when none of its points was found in a passage.")
+    timings: TimingsOut
+
+
 class RetrieveResponse(BaseModel):
     object: Literal["list"] = "list"
     query: str
@@ -468,6 +508,8 @@ def from_rag_error(e: RagError) -> ApiError:
         return ApiError(400, str(e), code="question_too_long", param="messages")
     if isinstance(e, QuestionError):
         return ApiError(400, str(e), code="invalid_question", param="messages")
+    if isinstance(e, ArticleNotFound):
+        return ApiError(404, str(e), type="not_found_error", code="article_not_found", param="ids")
     if isinstance(e, ChatNotFound):
         return ApiError(404, str(e), type="not_found_error", code="chat_not_found", param="conversation")
     if isinstance(e, Busy):
@@ -818,6 +860,37 @@ def create_app(
         return RetrieveResponse(query=query, data=[SourceOut(**s.to_dict()) for s in sources])
 
     @app.post(
+        "/v1/summarize",
+        response_model=SummaryOut,
+        dependencies=guarded,
+        tags=["rag"],
+        responses={**ERROR_RESPONSES, 404: {"model": ErrorResponse, "description": "No article has that id"}},
+    )
+    async def summarize(body: SummarizeRequest, request: Request) -> Any:
+        """A summary of whole articles, each point cited with the passage it came from: the
+        articles of `ids`, or those `query` names. Long articles are read in parts."""
+        r = current()
+        if not body.ids and not body.query:
+            raise ApiError(400, "give ids (the articles to summarize) or a query naming them", param="ids")
+        filters = body.filters.to_filters() if body.filters else None
+
+        def start() -> AnswerStream:
+            return r.summarize(body.query or "", ids=body.ids or (), focus=body.focus or "", filters=filters)
+
+        stream: AnswerStream = await run_in_threadpool(start)
+        pieces = iter(stream)
+        try:
+            while await _next(pieces) is not _END:
+                if await request.is_disconnected():
+                    log.info("client left; stopping its summary")
+                    return JSONResponse({}, status_code=499)
+        finally:
+            await _close(pieces)
+        assert stream.answer is not None
+        d = stream.answer.to_dict()
+        return SummaryOut(**{k: d[k] for k in SummaryOut.model_fields})
+
+    @app.post(
         "/v1/chat/completions",
         response_model=ChatCompletion,
         dependencies=guarded,
@@ -1064,6 +1137,7 @@ class Reply:
             sources=[SourceOut(**s) for s in d["sources"]],
             found=answer.found,
             support=answer.support,
+            task=answer.task,
             query=answer.query,
             query_time=QueryTimeOut(**d["query_time"]) if d["query_time"] else None,
             timings=TimingsOut(**d["timings"]),
@@ -1088,7 +1162,9 @@ class Reply:
             yield self._chunk({"role": "assistant", "content": ""})
             piece = first
             while piece is not _END:
-                yield self._chunk({"content": piece})
+                # A summary read in parts marks each step with an empty piece: nothing to send.
+                if piece:
+                    yield self._chunk({"content": piece})
                 piece = await _next(pieces)
             answer = stream.answer
             assert answer is not None
@@ -1101,6 +1177,7 @@ class Reply:
                 sources=d["sources"],
                 found=answer.found,
                 support=answer.support,
+                task=answer.task,
                 query=answer.query,
                 query_time=d["query_time"],
                 timings=d["timings"],

@@ -126,6 +126,9 @@ class Settings:
         rewrite: how a follow-up is searched: `checked` (the model's standalone rewrite when
             it is still the same question, else the follow-up with the earlier questions'
             subject: `rag.followup`), `model` (the rewrite as it comes) or `none` (as asked).
+        tasks: recognise requests about whole articles in questions ("summarize the article
+            about X", "what do my articles say about Y": `rag.summary`) and summarise the
+            articles instead of answering from a few passages.
     """
 
     index: Path = Path("index")
@@ -168,6 +171,7 @@ class Settings:
     today: str = ""
     read_time: bool = True
     rewrite: str = "checked"
+    tasks: bool = True
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "index", Path(self.index))

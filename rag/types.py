@@ -133,6 +133,8 @@ class Answer:
     draft: str = ""
     answerability: float = 0.0
     query_time: QueryTime | None = None
+    # `answer` (a question answered) or `summary` (whole articles summarised, `rag.summary`).
+    task: str = "answer"
 
     @property
     def cited_sources(self) -> tuple[Source, ...]:
@@ -174,6 +176,7 @@ class Answer:
             draft=data.get("draft", ""),
             answerability=float(data.get("answerability") or 0.0),
             query_time=QueryTime.from_dict(data["query_time"]) if data.get("query_time") else None,
+            task=data.get("task") or "answer",
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -187,6 +190,7 @@ class Answer:
             "draft": self.draft,
             "answerability": self.answerability,
             "query_time": self.query_time.to_dict() if self.query_time else None,
+            "task": self.task,
         }
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -295,6 +296,50 @@ def test_retrieve_returns_passages_with_scores_and_metadata(served):
 
 
 @pytest.mark.slow
+def test_summarize_reads_the_whole_article_and_cites_each_point(served):
+    r, url = served
+    (article,) = r.articles()
+    resp = httpx.post(url + "v1/summarize", json={"ids": [article.id]}, headers=auth(), timeout=300)
+    assert resp.status_code == 200, resp.text
+    body = resp.json()
+    assert body["task"] == "summary" and body["found"] is True and body["support"] == "supported"
+    lines = body["answer"].splitlines()
+    assert lines and all(re.match(r"^- .+ \[\d+\]$", x) for x in lines), lines
+    assert body["sources"] and all(x["cited"] and x["article_id"] == article.id for x in body["sources"])
+    missing = httpx.post(url + "v1/summarize", json={"ids": ["nope"]}, headers=auth())
+    assert missing.status_code == 404 and missing.json()["error"]["code"] == "article_not_found"
+    neither = httpx.post(url + "v1/summarize", json={}, headers=auth())
+    assert neither.status_code == 400 and "give ids" in neither.json()["error"]["message"]
+
+
+def test_a_summary_asked_in_the_chat_is_one_and_says_so(tmp_path):
+    r = fake_rag(tmp_path / "index")
+    server, url = launch(r, ui=False, api_key=KEY)
+    try:
+        client = openai.OpenAI(base_url=url + "v1", api_key=KEY, timeout=60, max_retries=0)
+        chunks = list(
+            client.chat.completions.create(
+                model="rag", messages=[{"role": "user", "content": "Summarize the article."}], stream=True
+            )
+        )
+        text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+        last = chunks[-1].model_extra or {}
+        assert last["task"] == "summary" and last["found"] is True
+        # The canned answer, one point, cited with the passage that holds it.
+        (n,) = rag.citations(text)
+        assert text.strip() == f"- Russia could sell about 2 million tons of aluminum [{n}]"
+        assert "2 million tons" in next(x for x in last["sources"] if x["n"] == n)["text"]
+        # No empty pieces on the wire.
+        assert all(
+            c.choices[0].delta.content != ""
+            for c in chunks[1:]
+            if c.choices and c.choices[0].delta.role is None
+        )
+    finally:
+        server.close()
+
+
+@pytest.mark.slow
 def test_health_needs_no_key_and_reports_the_index(served):
     _, url = served
     resp = httpx.get(url + "health")
@@ -330,6 +375,7 @@ def test_ui_is_served_by_the_same_process(served):
         ("GET", "v1/models/rag"),
         ("POST", "v1/chat/completions"),
         ("POST", "v1/retrieve"),
+        ("POST", "v1/summarize"),
     ],
 )
 def test_every_route_but_health_needs_the_key(served, headers, code, method, path):
@@ -897,4 +943,4 @@ def test_openapi_document_holds_under_schemathesis(tmp_path):
     finally:
         server.close()
     assert proc.returncode == 0, proc.stdout[-8000:] + proc.stderr[-2000:]
-    assert "9 selected / 9 total" in proc.stdout
+    assert "10 selected / 10 total" in proc.stdout

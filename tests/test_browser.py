@@ -173,6 +173,45 @@ def test_an_answer_withdrawn_by_verification_is_replaced_in_the_bubble(url):
             browser.close()
 
 
+def test_summarize_buttons_summarise_whole_articles_in_the_chat(url):
+    """Summarize on an article in the Library, then on the article opened from a source:
+    each a chat turn whose points are cited, the passages they came from beside it."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.goto(url)
+            page.locator("#question textarea").wait_for()
+            page.get_by_role("tab", name="Library").click()
+            page.locator("#remove-choice input").click()
+            page.get_by_role("option").first.click()
+            page.locator("#summarize-chosen").click()
+            # Back in the chat, the summary arrives with its outcome badge.
+            page.locator("#chat").wait_for(state="visible", timeout=10_000)
+            page.wait_for_function(
+                "() => document.querySelectorAll('#chat .rag-outcome').length >= 1", timeout=240_000
+            )
+            summary = page.locator(ANSWER).last.inner_text()
+            points = [x for x in summary.splitlines() if re.search(r"\[\d+\]$", x.strip())]
+            assert len(points) >= 3 and "alumin" in summary.lower(), summary
+            assert "Summarize" in page.locator("#chat [data-testid='user']").last.inner_text()
+            cited = page.locator("#sources .rag-src.cited")
+            assert cited.count() >= 2
+
+            cited.first.click()
+            page.locator("#article .rag-here").wait_for(timeout=30_000)
+            page.locator("#summarize-viewed").click()
+            page.wait_for_function(
+                "() => document.querySelectorAll('#chat .rag-outcome').length >= 2", timeout=240_000
+            )
+            again = page.locator(ANSWER).last.inner_text()
+            assert re.search(r"\[\d+\]", again), again
+        finally:
+            browser.close()
+
+
 def test_the_library_adds_a_page_and_a_feed_by_url(url):
     """The Library tab's "Add by URL" box: a page and a feed from a site on 127.0.0.1; a bad
     address says what is wrong; the library table lists what came in."""

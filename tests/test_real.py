@@ -158,7 +158,9 @@ def test_cli_ask_json(tmp_path):
         "draft",
         "answerability",
         "query_time",
+        "task",
     }
+    assert data["task"] == "answer"
     # The sample's question says nothing of time.
     assert data["query_time"]["label"] == "" and not data["query_time"]["recency"]
     assert data["found"] is True and data["support"] == "supported" and data["draft"] == ""
@@ -173,6 +175,33 @@ def test_cli_ask_json(tmp_path):
         "completion_tokens",
         "tokens_per_s",
     }
+
+
+def test_cli_summarize_by_id_and_by_request(tmp_path):
+    env = {**os.environ, "RAG_INDEX": str(tmp_path / "idx")}
+    cmd = [sys.executable, "-m", "rag.cli"]
+    subprocess.run([*cmd, "ingest", str(SAMPLE)], check=True, env=env, capture_output=True, timeout=300)
+    listed = subprocess.run([*cmd, "list", "--json"], env=env, capture_output=True, text=True, check=True)
+    article_id = json.loads(listed.stdout.splitlines()[0])["id"]
+    p = subprocess.run(
+        [*cmd, "summarize", "--json", article_id], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert p.returncode == 0, p.stderr
+    data = json.loads(p.stdout)
+    assert data["task"] == "summary" and data["found"] is True
+    lines = data["answer"].splitlines()
+    assert len(lines) >= 3 and all(re.match(r"^- .+ \[\d+\]$", x) for x in lines), lines
+    assert {s["article_id"] for s in data["sources"]} == {article_id}
+    missing = subprocess.run([*cmd, "summarize", "nope", "other"], env=env, capture_output=True, text=True)
+    assert missing.returncode == 1 and "no article 'nope' in the index" in missing.stderr
+    gated = subprocess.run(
+        [*cmd, "summarize", "the article about the 1998 football World Cup final"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert gated.returncode == 0 and "No article in the index is about" in gated.stdout, gated.stdout
 
 
 def test_openvino_vectors_agree_with_torch_and_search_its_index(tmp_path, monkeypatch, real_embedder):

@@ -631,7 +631,10 @@ def build_app(rag_: RAG) -> gr.Blocks:
         request: gr.Request,
         *,
         read_time: bool | None,
+        summarize: Sequence[str] = (),
     ) -> Iterator[tuple[Any, ...]]:
+        """One turn: `question` answered, or with `summarize` (article ids) those articles
+        summarised, `question` being the turn's label."""
         turns = list(turns or [])
         r = engine.rag
         question = (question or "").strip()
@@ -682,14 +685,17 @@ def build_app(rag_: RAG) -> gr.Blocks:
         try:
             # A finished turn is saved in the chat (a new one at its first question).
             conversation = r.chat(chat_id or None, user=user_of(request), history=history)
-            stream = conversation.stream(
-                question,
-                k=int(top_k),
-                temperature=float(temperature),
-                max_tokens=int(max_tokens),
-                filters=filters,
-                read_time=read_time,
-            )
+            if summarize:
+                stream = conversation.summarize(ids=summarize, max_tokens=int(max_tokens), question=question)
+            else:
+                stream = conversation.stream(
+                    question,
+                    k=int(top_k),
+                    temperature=float(temperature),
+                    max_tokens=int(max_tokens),
+                    filters=filters,
+                    read_time=read_time,
+                )
             turn["query"] = stream.query
             turn["query_time"] = stream.when.to_dict() if stream.when else None
             turn["sources"] = [src.to_dict() for src in stream.sources]
@@ -702,7 +708,8 @@ def build_app(rag_: RAG) -> gr.Blocks:
                     break
                 turn["answer"] += piece
                 turn["state"] = "streaming"
-                yield outputs(turns, index, "")
+                # A summary read in parts says how far it is.
+                yield outputs(turns, index, stream.status)
             if flag.is_set():
                 turn["state"] = "stopped"
             else:
@@ -726,6 +733,48 @@ def build_app(rag_: RAG) -> gr.Blocks:
                     close()
             engine.forget(session, flag)
         yield outputs(turns, index, status, saved=saved)
+
+    def summarize_article(
+        article_id: str | None,
+        top_k: float,
+        temperature: float,
+        max_tokens: float,
+        only_sources: list[str] | None,
+        author: str | None,
+        since: str | None,
+        until: str | None,
+        only_articles: list[str] | None,
+        turns: list[Turn] | None,
+        chat_id: str | None,
+        request: gr.Request,
+    ) -> Iterator[tuple[Any, ...]]:
+        """The chosen article summarised as a turn of the chat."""
+        turns = list(turns or [])
+        found = engine.rag.article(article_id) if article_id else None
+        if found is None:
+            note = (
+                "Choose an article to summarize."
+                if not article_id
+                else "That article is no longer in the library."
+            )
+            yield outputs(turns, len(turns) - 1 if turns else None, note)
+            return
+        yield from answer_turn(
+            f"Summarize “{found[0].title or found[0].id}”",
+            top_k,
+            temperature,
+            max_tokens,
+            only_sources,
+            author,
+            since,
+            until,
+            only_articles,
+            turns,
+            chat_id,
+            request,
+            read_time=None,
+            summarize=(found[0].id,),
+        )
 
     def stop(request: gr.Request) -> str:
         return "Stopping…" if engine.stop(request.session_hash or "") else ""
@@ -799,21 +848,22 @@ def build_app(rag_: RAG) -> gr.Blocks:
         shown = owners[at] if isinstance(at, int) and 0 <= at < len(owners) else None
         return sources_html(turns, shown), query_text(turns, shown), shown
 
-    def open_source(turns: list[Turn] | None, evt: gr.EventData) -> str:
+    def open_source(turns: list[Turn] | None, evt: gr.EventData) -> tuple[str, str | None]:
+        """The article of the clicked passage, and its id (what Summarize would summarise)."""
         turns = turns or []
         try:
             turn = turns[int(getattr(evt, "turn", -1))]
             n = int(getattr(evt, "n", -1))
         except (IndexError, TypeError, ValueError):
-            return ARTICLE_PLACEHOLDER
+            return ARTICLE_PLACEHOLDER, None
         source = next((x for x in turn["sources"] if x["n"] == n), None)
         if source is None:
-            return ARTICLE_PLACEHOLDER
+            return ARTICLE_PLACEHOLDER, None
         found = engine.rag.article(source["article_id"])
         if found is None:
-            return '<div class="rag-hint">This article is no longer in the library.</div>'
+            return '<div class="rag-hint">This article is no longer in the library.</div>', None
         info, text = found
-        return article_html(info, text, source)
+        return article_html(info, text, source), info.id
 
     def library() -> tuple[str, dict[str, Any], Any, Any, Any]:
         r = engine.rag
@@ -911,156 +961,167 @@ def build_app(rag_: RAG) -> gr.Blocks:
         chat_id = gr.State(None)
         gr.Markdown("## Chat with your articles")
         header = gr.Markdown(library_line(rag_))
-        with gr.Tab("Chat"), gr.Row(equal_height=False):
-            with gr.Column(scale=3, min_width=420):
-                chatbot = gr.Chatbot(
-                    label="Chat",
-                    elem_id="chat",
-                    height=460,
-                    buttons=["copy"],
-                    feedback_options=None,
-                    latex_delimiters=[],
-                    placeholder="Ask about the articles in your library. Answers cite passages as [1].",
+        with gr.Tabs() as tabs:
+            with gr.Tab("Chat", id="chat"), gr.Row(equal_height=False):
+                with gr.Column(scale=3, min_width=420):
+                    chatbot = gr.Chatbot(
+                        label="Chat",
+                        elem_id="chat",
+                        height=460,
+                        buttons=["copy"],
+                        feedback_options=None,
+                        latex_delimiters=[],
+                        placeholder="Ask about the articles in your library. Answers cite passages as [1].",
+                    )
+                    with gr.Row(equal_height=True):
+                        question = gr.Textbox(
+                            show_label=False,
+                            placeholder="Ask a question about your articles…",
+                            lines=1,
+                            max_lines=4,
+                            scale=6,
+                            autofocus=True,
+                            container=False,
+                            elem_id="question",
+                        )
+                        send = gr.Button("Ask", variant="primary", scale=1, min_width=70)
+                        stop_btn = gr.Button("Stop", variant="stop", scale=1, min_width=70)
+                    status = gr.Markdown("", elem_id="status")
+                    timings = gr.HTML("", elem_id="timings")
+                    gr.Examples(
+                        examples=[[q] for q in EXAMPLES],
+                        inputs=[question],
+                        label="Questions about the bundled sample article",
+                    )
+                    with gr.Row():
+                        new_chat_btn = gr.Button("New chat", size="sm")
+                    with gr.Accordion("Saved chats", open=False, elem_id="saved-chats"):
+                        with gr.Row(equal_height=True):
+                            past = gr.Dropdown(
+                                choices=[],
+                                value=None,
+                                label="Saved chats (newest first)",
+                                scale=4,
+                                elem_id="past-chats",
+                            )
+                            open_btn = gr.Button("Open", scale=1, min_width=70, elem_id="open-chat")
+                        with gr.Row(equal_height=True):
+                            chat_title = gr.Textbox(
+                                label="Title",
+                                placeholder="Rename the chosen chat…",
+                                scale=4,
+                                elem_id="chat-title",
+                            )
+                            rename_btn = gr.Button("Rename", scale=1, min_width=70, elem_id="rename-chat")
+                            delete_btn = gr.Button(
+                                "Delete", variant="stop", scale=1, min_width=70, elem_id="delete-chat"
+                            )
+                        chats_status = gr.Markdown("", elem_id="chats-status")
+                    with gr.Accordion("Settings", open=False):
+                        top_k = gr.Slider(1, 20, value=s.top_k, step=1, label="Passages per question")
+                        temperature = gr.Slider(
+                            0.0, 1.5, value=s.temperature, step=0.05, label="Temperature (0: deterministic)"
+                        )
+                        max_tokens = gr.Slider(
+                            16,
+                            max(16, min(1024, s.n_ctx // 2)),
+                            value=s.max_tokens,
+                            step=8,
+                            label="Longest answer (tokens)",
+                        )
+                        with gr.Row(equal_height=True):
+                            model = gr.Textbox(
+                                value=s.model,
+                                label="Model file (.gguf path or bundled alias)",
+                                scale=4,
+                            )
+                            load_btn = gr.Button("Load model", scale=1)
+                        model_status = gr.Markdown(f"Model: `{s.model}`")
+                    with gr.Accordion("Only some articles", open=False):
+                        only_sources = gr.Dropdown(
+                            choices=source_choices(rag_),
+                            value=[],
+                            multiselect=True,
+                            label="Sources",
+                            elem_id="filter-source",
+                        )
+                        author = gr.Textbox(
+                            value="", label="Author (any of, comma-separated)", elem_id="filter-author"
+                        )
+                        with gr.Row(equal_height=True):
+                            since = gr.Textbox(
+                                value="", label="Since", placeholder="YYYY-MM-DD", elem_id="filter-since"
+                            )
+                            until = gr.Textbox(
+                                value="", label="Until", placeholder="YYYY-MM-DD", elem_id="filter-until"
+                            )
+                        only_articles = gr.Dropdown(
+                            choices=library_choices(rag_),
+                            value=[],
+                            multiselect=True,
+                            label="Articles",
+                            elem_id="filter-articles",
+                        )
+                with gr.Column(scale=2, min_width=320):
+                    gr.Markdown("### Sources")
+                    sources = gr.HTML(
+                        sources_html([], None), js_on_load=SOURCES_JS, elem_id="sources", padding=False
+                    )
+                    with gr.Accordion("Searched for", open=False):
+                        query = gr.Markdown("", elem_id="query")
+                        untimed_btn = gr.Button(
+                            "Ask again without its time", size="sm", elem_id="ignore-time"
+                        )
+                    gr.Markdown("### Article")
+                    viewer = gr.HTML(ARTICLE_PLACEHOLDER, js_on_load=ARTICLE_JS, elem_id="article")
+                    viewing = gr.State(None)
+                    summarize_btn = gr.Button("Summarize this article", size="sm", elem_id="summarize-viewed")
+            with gr.Tab("Library", id="library"):
+                gr.Markdown(
+                    "Add articles: " + " ".join(f"`{t}`" for t in UPLOAD_TYPES) + ", several files at once. "
+                    "A `.json`, `.jsonl` or `.csv` dump holds one article per record."
+                )
+                files = gr.File(
+                    label="Add articles", file_count="multiple", file_types=UPLOAD_TYPES, elem_id="upload"
                 )
                 with gr.Row(equal_height=True):
-                    question = gr.Textbox(
-                        show_label=False,
-                        placeholder="Ask a question about your articles…",
+                    url_box = gr.Textbox(
+                        label="Add by URL",
+                        placeholder="https://… a page or an RSS/Atom feed (several: one per line)",
                         lines=1,
-                        max_lines=4,
-                        scale=6,
-                        autofocus=True,
-                        container=False,
-                        elem_id="question",
+                        max_lines=6,
+                        scale=5,
+                        elem_id="add-url",
                     )
-                    send = gr.Button("Ask", variant="primary", scale=1, min_width=70)
-                    stop_btn = gr.Button("Stop", variant="stop", scale=1, min_width=70)
-                status = gr.Markdown("", elem_id="status")
-                timings = gr.HTML("", elem_id="timings")
-                gr.Examples(
-                    examples=[[q] for q in EXAMPLES],
-                    inputs=[question],
-                    label="Questions about the bundled sample article",
+                    fetch_btn = gr.Button("Fetch", scale=1, min_width=90, elem_id="fetch")
+                report = gr.Markdown("", elem_id="ingest-report")
+                generation = gr.State(str(rag_.stats().get("generation", "")))
+                table = gr.Dataframe(
+                    value=library_table(rag_),
+                    label="Articles",
+                    interactive=False,
+                    wrap=True,
+                    column_widths=["26%", "10%", "20%", "8%", "9%", "27%"],
+                    elem_id="articles",
                 )
-                with gr.Row():
-                    new_chat_btn = gr.Button("New chat", size="sm")
-                with gr.Accordion("Saved chats", open=False, elem_id="saved-chats"):
-                    with gr.Row(equal_height=True):
-                        past = gr.Dropdown(
-                            choices=[],
-                            value=None,
-                            label="Saved chats (newest first)",
-                            scale=4,
-                            elem_id="past-chats",
-                        )
-                        open_btn = gr.Button("Open", scale=1, min_width=70, elem_id="open-chat")
-                    with gr.Row(equal_height=True):
-                        chat_title = gr.Textbox(
-                            label="Title",
-                            placeholder="Rename the chosen chat…",
-                            scale=4,
-                            elem_id="chat-title",
-                        )
-                        rename_btn = gr.Button("Rename", scale=1, min_width=70, elem_id="rename-chat")
-                        delete_btn = gr.Button(
-                            "Delete", variant="stop", scale=1, min_width=70, elem_id="delete-chat"
-                        )
-                    chats_status = gr.Markdown("", elem_id="chats-status")
-                with gr.Accordion("Settings", open=False):
-                    top_k = gr.Slider(1, 20, value=s.top_k, step=1, label="Passages per question")
-                    temperature = gr.Slider(
-                        0.0, 1.5, value=s.temperature, step=0.05, label="Temperature (0: deterministic)"
-                    )
-                    max_tokens = gr.Slider(
-                        16,
-                        max(16, min(1024, s.n_ctx // 2)),
-                        value=s.max_tokens,
-                        step=8,
-                        label="Longest answer (tokens)",
-                    )
-                    with gr.Row(equal_height=True):
-                        model = gr.Textbox(
-                            value=s.model,
-                            label="Model file (.gguf path or bundled alias)",
-                            scale=4,
-                        )
-                        load_btn = gr.Button("Load model", scale=1)
-                    model_status = gr.Markdown(f"Model: `{s.model}`")
-                with gr.Accordion("Only some articles", open=False):
-                    only_sources = gr.Dropdown(
-                        choices=source_choices(rag_),
-                        value=[],
-                        multiselect=True,
-                        label="Sources",
-                        elem_id="filter-source",
-                    )
-                    author = gr.Textbox(
-                        value="", label="Author (any of, comma-separated)", elem_id="filter-author"
-                    )
-                    with gr.Row(equal_height=True):
-                        since = gr.Textbox(
-                            value="", label="Since", placeholder="YYYY-MM-DD", elem_id="filter-since"
-                        )
-                        until = gr.Textbox(
-                            value="", label="Until", placeholder="YYYY-MM-DD", elem_id="filter-until"
-                        )
-                    only_articles = gr.Dropdown(
+                gr.Markdown(
+                    "Summarize an article in the chat, or remove it from the index (the file itself is "
+                    "left alone):"
+                )
+                with gr.Row(equal_height=True):
+                    chosen = gr.Dropdown(
                         choices=library_choices(rag_),
-                        value=[],
-                        multiselect=True,
-                        label="Articles",
-                        elem_id="filter-articles",
+                        value=None,
+                        show_label=False,
+                        container=False,
+                        scale=4,
+                        elem_id="remove-choice",
                     )
-            with gr.Column(scale=2, min_width=320):
-                gr.Markdown("### Sources")
-                sources = gr.HTML(
-                    sources_html([], None), js_on_load=SOURCES_JS, elem_id="sources", padding=False
-                )
-                with gr.Accordion("Searched for", open=False):
-                    query = gr.Markdown("", elem_id="query")
-                    untimed_btn = gr.Button("Ask again without its time", size="sm", elem_id="ignore-time")
-                gr.Markdown("### Article")
-                viewer = gr.HTML(ARTICLE_PLACEHOLDER, js_on_load=ARTICLE_JS, elem_id="article")
-        with gr.Tab("Library"):
-            gr.Markdown(
-                "Add articles: " + " ".join(f"`{t}`" for t in UPLOAD_TYPES) + ", several files at once. "
-                "A `.json`, `.jsonl` or `.csv` dump holds one article per record."
-            )
-            files = gr.File(
-                label="Add articles", file_count="multiple", file_types=UPLOAD_TYPES, elem_id="upload"
-            )
-            with gr.Row(equal_height=True):
-                url_box = gr.Textbox(
-                    label="Add by URL",
-                    placeholder="https://… a page or an RSS/Atom feed (several: one per line)",
-                    lines=1,
-                    max_lines=6,
-                    scale=5,
-                    elem_id="add-url",
-                )
-                fetch_btn = gr.Button("Fetch", scale=1, min_width=90, elem_id="fetch")
-            report = gr.Markdown("", elem_id="ingest-report")
-            generation = gr.State(str(rag_.stats().get("generation", "")))
-            table = gr.Dataframe(
-                value=library_table(rag_),
-                label="Articles",
-                interactive=False,
-                wrap=True,
-                column_widths=["26%", "10%", "20%", "8%", "9%", "27%"],
-                elem_id="articles",
-            )
-            gr.Markdown("Remove an article from the index (the file itself is left alone):")
-            with gr.Row(equal_height=True):
-                chosen = gr.Dropdown(
-                    choices=library_choices(rag_),
-                    value=None,
-                    show_label=False,
-                    container=False,
-                    scale=4,
-                    elem_id="remove-choice",
-                )
-                remove_btn = gr.Button("Remove", variant="stop", scale=1, min_width=100)
-            removed = gr.Markdown("")
+                    library_summarize_btn = gr.Button(
+                        "Summarize", scale=1, min_width=100, elem_id="summarize-chosen"
+                    )
+                    remove_btn = gr.Button("Remove", variant="stop", scale=1, min_width=100)
+                removed = gr.Markdown("")
 
         chat_outputs = [chatbot, turns, question, sources, query, status, timings, shown, chat_id]
         # What a question is asked with: the settings and filters, and the conversation.
@@ -1130,7 +1191,18 @@ def build_app(rag_: RAG) -> gr.Blocks:
             delete_chat, inputs=[past, chat_id], outputs=[past, chat_id, chats_status], api_name="delete_chat"
         )
         chatbot.select(pick_turn, inputs=[turns], outputs=[sources, query, shown], api_visibility="private")
-        sources.click(open_source, inputs=[turns], outputs=[viewer], api_visibility="private")
+        sources.click(open_source, inputs=[turns], outputs=[viewer, viewing], api_visibility="private")
+        # Summarize: the article open beside the chat, or the one chosen in the library.
+        for button, which in ((summarize_btn, viewing), (library_summarize_btn, chosen)):
+            button.click(lambda: gr.Tabs(selected="chat"), outputs=[tabs], api_visibility="private").then(
+                summarize_article,
+                inputs=[which, *asked_with],
+                outputs=chat_outputs,
+                show_progress="hidden",
+                trigger_mode="once",
+                concurrency_limit=None,
+                api_visibility="private",
+            ).then(saved_chats, inputs=[chat_id], outputs=[past], api_visibility="private")
         library_outputs = [header, table, chosen, only_sources, only_articles]
         files.upload(
             add_articles,

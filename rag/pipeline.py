@@ -827,7 +827,7 @@ class AnswerStream:
         notes: list[str] = []
         for step, run in enumerate(plan, start=1):
             out = self._complete(summary.point_messages(run, focus), summary.POINT_TOKENS)
-            line = out.strip().split("\n")[0] if out.strip() else ""
+            line = summary.first_sentence(out)
             if P.is_refusal(line):
                 # A section that says nothing on the focus.
                 line = ""

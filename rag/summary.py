@@ -18,6 +18,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from . import prompt as P
+from .chunking import split_sentences
 from .store import STOP_TERMS, terms
 
 # Points a summary holds at most: an article is read in this many sections (fewer when it
@@ -234,6 +235,14 @@ def about(text: str, focus: str) -> bool:
     """Whether `text` holds one of `focus`'s content words."""
     wanted = {t for t in terms([focus])[0] if t not in STOP_TERMS}
     return bool(wanted & set(terms([text])[0]))
+
+
+def first_sentence(reply: str) -> str:
+    """A section's point from the model's reply: its first sentence (asked for one, the small
+    model may go on, and be cut off mid-sentence by the token limit)."""
+    line = next((x for x in reply.strip().splitlines() if x.strip()), "")
+    spans = split_sentences(line)
+    return line[spans[0][0] : spans[0][1]] if spans else line.strip()
 
 
 def point_of(line: str) -> str:

@@ -100,6 +100,12 @@ def test_a_point_is_held_by_the_passage_with_its_rare_words_and_all_its_numbers(
     assert summary.held("The Kremlin bought a football club", passages, rarity)[1] < summary.HELD
 
 
+def test_a_section_s_point_is_the_first_sentence_of_the_reply():
+    assert summary.first_sentence("\nRussia offered aluminum. It also said more") == "Russia offered aluminum."
+    assert summary.first_sentence("- Kyiv wants guarantees") == "- Kyiv wants guarantees"
+    assert summary.first_sentence("") == ""
+
+
 def test_bullet_lines_are_points_and_headings_are_not():
     assert summary.point_of("- Putin offered aluminum [2]") == "Putin offered aluminum"
     assert summary.point_of("2. **Kyiv** wants security guarantees.") == "Kyiv wants security guarantees."

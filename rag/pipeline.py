@@ -842,14 +842,18 @@ class AnswerStream:
             yield shown
         if not direct:
             # Notes too many for one summary: combined, in groups while they do not fit.
-            while (
-                len(notes) > summary.POINTS
-                and len(gen.format(summary.reduce_messages(notes, focus)).tokens) > budget
-            ):
+            for _ in range(summary.ROUNDS):
+                if len(notes) <= summary.POINTS:
+                    break
+                if len(gen.format(summary.reduce_messages(notes, focus)).tokens) <= budget:
+                    break
                 notes = [
-                    self._complete(summary.reduce_messages(g, focus, points=2), self.max_tokens)
+                    self._complete(summary.reduce_messages(g, focus, points=2), 2 * summary.POINT_TOKENS)
                     for g in summary.batches(notes, gen.count_tokens, budget)
                 ]
+            if len(gen.format(summary.reduce_messages(notes, focus)).tokens) > budget:
+                # Still too long after every round: the notes that fit, in article order.
+                notes = summary.batches(notes, gen.count_tokens, budget)[0]
             prompt = gen.format(summary.reduce_messages(notes, focus))
             self._prompt_tokens += len(prompt.tokens)
             said = []

@@ -32,6 +32,9 @@ HELD = 0.5
 POINT_TOKENS = 80
 TOKENS = 320
 OVERHEAD = 160
+# Rounds of combining notes in groups before the last combination, at most (each round
+# makes two points of a group: a few rounds fit any article).
+ROUNDS = 4
 # The `support` check of a summary none of whose points a passage holds.
 NOT_HELD_CHECK = "no point held by the passages"
 # Articles a summary of "my articles about X" reads, at most.

@@ -101,7 +101,8 @@ def test_a_point_is_held_by_the_passage_with_its_rare_words_and_all_its_numbers(
 
 
 def test_a_section_s_point_is_the_first_sentence_of_the_reply():
-    assert summary.first_sentence("\nRussia offered aluminum. It also said more") == "Russia offered aluminum."
+    reply = "\nRussia offered aluminum. It also said more"
+    assert summary.first_sentence(reply) == "Russia offered aluminum."
     assert summary.first_sentence("- Kyiv wants guarantees") == "- Kyiv wants guarantees"
     assert summary.first_sentence("") == ""
 

@@ -16,11 +16,13 @@ from dataclasses import dataclass
 
 from .store import STOP_TERMS, terms
 
-# Words that open a question (a rewrite opening with another word reads as a claim).
+# Words that open a question (a rewrite without "?" opening with another word reads as a
+# claim), and the words a question word may follow ("In which year ...").
 _OPENERS = frozenset(
     """what which who whom whose when where why how is are was were do does did has have had can
-    could will would should shall may might in on at for from to by of with about and""".split()
+    could will would should shall may might""".split()
 )
+_LEADS = frozenset("in on at for from to by of with about and".split())
 # Words of a question that frame it rather than say what it is about.
 _FRAMING = frozenset(
     t
@@ -57,8 +59,12 @@ def check(rewrite: str, question: str, conversation: Sequence[str]) -> str:
     text = rewrite.strip()
     if not text:
         return "empty"
-    first = _WORD.findall(text.lower())[:1]
-    if not text.endswith("?") and not (first and first[0] in _OPENERS):
+    first = _WORD.findall(text.lower())[:2]
+    # "At the Battle of Hastings." is an answer, "At which battle ..." a question.
+    opens = bool(first) and (
+        first[0] in _OPENERS or (first[0] in _LEADS and len(first) > 1 and first[1] in _OPENERS)
+    )
+    if not text.endswith("?") and not opens:
         return "a claim, not a question"
     said = set(_content(text))
     lost = [t for t in _content(question) if t not in said]

@@ -177,6 +177,9 @@ def test_a_rewrite_that_makes_a_claim_is_not_searched():
     assert followup.check("What did Moscow ask for?", question, CONVERSATION).startswith("drops kyiv")
     assert followup.check("What did Kyiv ask the IMF for?", question, CONVERSATION) == "adds imf"
     assert followup.check("", question, CONVERSATION) == "empty"
+    # A preposition opens a question only before a question word.
+    assert followup.check("At the Battle of Kyiv.", question, CONVERSATION) == "a claim, not a question"
+    assert followup.check("And what did Kyiv ask for", question, CONVERSATION) == ""
     assert (
         followup.with_subject(question, [CONVERSATION[0]])
         == "And what did Kyiv ask for? (Putin rare earth metals)"

@@ -497,21 +497,40 @@ def ask(question: str, as_json: bool, server: str | None, local: bool, **kw: Any
 @click.option("--focus", default="", help="Keep to what the article says about this.")
 @_settings_options(*SETTING_NAMES[:-1])
 @_filter_options
+@_where_options
 @click.option("--json", "as_json", is_flag=True, help="Print Answer.to_dict() as one JSON object.")
 @_handle_errors
-def summarize(targets: tuple[str, ...], focus: str, as_json: bool, **kw: Any) -> None:
+def summarize(
+    targets: tuple[str, ...], focus: str, as_json: bool, server: str | None, local: bool, **kw: Any
+) -> None:
     """Summarize whole articles, each point cited: the articles of the given ids (as `rag
     list` shows them), or those a request names ("what do my articles say about sanctions",
     "the article about the bridge vote"); with nothing given, the index's only article.
-    An article too long for the model's context is read in parts, the notes then combined."""
-    from .pipeline import RAG
+    Each section of an article is one point; points of long articles or several are combined."""
+    from .store import Snapshot
     from .summary import progress_text
 
     filters = _filters(kw)
-    rag = RAG(_split(kw, *SETTING_NAMES))
-    snap = rag.snapshot()
+    pinned = _pinned(kw)
+    settings = _split(kw, *SETTING_NAMES)
+    try:
+        snap: Snapshot | None = Snapshot.open(settings.index, verify=False)
+    except RagError:
+        snap = None
     ids = targets if len(targets) > 1 or (snap is not None and targets and snap.article(targets[0])) else ()
-    stream = rag.summarize("" if ids else " ".join(targets), ids=ids, focus=focus, filters=filters)
+    if not targets and snap is not None:
+        only = snap.articles()
+        if len(only) != 1:
+            snap.close()
+            raise click.UsageError(
+                f"the index holds {len(only)} articles: name one by id (`rag list`) or by what it is "
+                'about, e.g. rag summarize "the article about rare earths"'
+            )
+        ids = (only[0].id,)
+    if snap is not None:
+        snap.close()
+    answerer = _answerer(settings, pinned=pinned, server=server, local=local)
+    stream = answerer.summarize("" if ids else " ".join(targets), ids=ids, focus=focus, filters=filters)
     if not as_json and stream.sources:
         titles = dict.fromkeys(x.title or x.article_id for x in stream.sources)
         click.echo(f"Summary of {'; '.join(titles)}:", err=True)

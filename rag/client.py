@@ -147,6 +147,33 @@ class RemoteStream:
             self.on_done(self.answer)
 
 
+class RemoteSummary:
+    """A summary made by a server (`POST /v1/summarize`), read like an `AnswerStream`:
+    iterating it waits for the whole summary and yields it; `.answer` holds the `Answer`."""
+
+    def __init__(self, client: httpx.Client, url: str, body: dict[str, Any]) -> None:
+        self._client = client
+        self._url = url
+        self._body = body
+        self.sources: list[Any] = []
+        self.progress: tuple[int, int] | None = None
+        self.status = ""
+        self.answer: Answer | None = None
+
+    def __iter__(self) -> Iterator[str]:
+        import httpx
+
+        try:
+            resp = self._client.post(self._url + "v1/summarize", json=self._body)
+        except httpx.HTTPError as e:
+            raise RagError(f"the server at {self._url} went away mid-summary ({e}); try again") from None
+        if resp.status_code != 200:
+            raise _refused(resp)
+        self.answer = Answer.from_dict(resp.json())
+        if self.answer.found:
+            yield self.answer.answer + "\n"
+
+
 def _refused(resp: httpx.Response) -> RagError:
     try:
         message = resp.json()["error"]["message"]
@@ -201,6 +228,22 @@ class Remote:
         if filters is not None and filters.active:
             body["filters"] = {k: v for k, v in filters.to_dict().items() if v}
         return RemoteStream(self._client, self.url, body, question)
+
+    def summarize(
+        self,
+        target: str = "",
+        *,
+        ids: Sequence[str] = (),
+        focus: str = "",
+        filters: Filters | None = None,
+    ) -> RemoteSummary:
+        """Whole articles summarised by the server: `ids`, or those `target` names."""
+        body: dict[str, Any] = {"ids": list(ids)} if ids else {"query": target}
+        if focus:
+            body["focus"] = focus
+        if filters is not None and filters.active:
+            body["filters"] = {k: v for k, v in filters.to_dict().items() if v}
+        return RemoteSummary(self._client, self.url, body)
 
     def chat(self, id: str | None = None) -> RemoteChat:
         """A conversation the server saves under `id` (a new one when None)."""

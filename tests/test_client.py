@@ -10,6 +10,7 @@ import sys
 
 import pytest
 
+from rag import errors as rag_errors
 from rag.client import SERVER, Remote, announce, find, withdraw
 from ui.app import launch
 
@@ -69,6 +70,18 @@ def test_a_remote_answer_reads_like_a_local_one(tmp_path):
         r._generator = CannedGenerator()
         list(chat.stream(QUESTION))
         assert [m["role"] for m in chat.history] == ["user", "assistant"]
+        # A summary, by id: the server's reads like the one made here.
+        (article,) = r.articles()
+        summary = remote.summarize(ids=[article.id])
+        text = "".join(summary)
+        local = r.summarize(ids=[article.id])
+        list(local)
+        assert (
+            summary.answer.task == "summary" and text.strip() == summary.answer.answer == local.answer.answer
+        )
+        assert [s.to_dict() for s in summary.answer.sources] == [s.to_dict() for s in local.answer.sources]
+        with pytest.raises(rag_errors.RagError, match="404: no article 'nope'"):
+            list(remote.summarize(ids=["nope"]))
     finally:
         remote.close()
         server.close()
@@ -104,6 +117,17 @@ def test_rag_ask_uses_the_running_server_and_local_forces_this_process(tmp_path)
         assert "2 million" in local.stdout
         # A setting the server cannot honour: answered here.
         assert "answering through the server" not in ask("--no-verify").stderr
+        # A summary of the index's only article, made by the server.
+        summed = subprocess.run(
+            [*rag, "-v", "summarize", "--index", str(index)],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert summed.returncode == 0, summed.stderr
+        assert f"answering through the server at {url}" in summed.stderr
+        assert summed.stdout.startswith("- ") and "Sources:" in summed.stdout
     finally:
         stop_server(proc)
     assert not (index / SERVER).exists()

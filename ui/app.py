@@ -1157,15 +1157,33 @@ def build_app(rag_: RAG) -> gr.Blocks:
             trigger_mode="once",
             concurrency_limit=None,
         )
+        # Summarize: the article open beside the chat, or the one chosen in the library.
+        summarizing: list[Any] = []
+        for button, which in ((summarize_btn, viewing), (library_summarize_btn, chosen)):
+            shown_chat = button.click(
+                lambda: gr.Tabs(selected="chat"), outputs=[tabs], api_visibility="private"
+            )
+            summarizing.append(
+                shown_chat.then(
+                    summarize_article,
+                    inputs=[which, *asked_with],
+                    outputs=chat_outputs,
+                    show_progress="hidden",
+                    trigger_mode="once",
+                    concurrency_limit=None,
+                    api_visibility="private",
+                )
+            )
+            summarizing[-1].then(saved_chats, inputs=[chat_id], outputs=[past], api_visibility="private")
         stop_btn.click(
             stop, outputs=[status], api_name="stop", concurrency_limit=None, show_progress="hidden"
         )
         new_chat_btn.click(
             new_chat,
             outputs=[chatbot, turns, sources, query, status, timings, shown, viewer, chat_id],
-            cancels=[asking, untimed],
+            cancels=[asking, untimed, *summarizing],
             api_name="new_chat",
-        )
+        ).then(lambda: None, outputs=[viewing], api_visibility="private")
         open_btn.click(
             open_chat,
             inputs=[past],
@@ -1181,9 +1199,9 @@ def build_app(rag_: RAG) -> gr.Blocks:
                 chat_title,
                 chats_status,
             ],
-            cancels=[asking, untimed],
+            cancels=[asking, untimed, *summarizing],
             api_name="open_chat",
-        )
+        ).then(lambda: None, outputs=[viewing], api_visibility="private")
         rename_btn.click(
             rename_chat, inputs=[past, chat_title], outputs=[past, chats_status], api_name="rename_chat"
         )
@@ -1192,17 +1210,6 @@ def build_app(rag_: RAG) -> gr.Blocks:
         )
         chatbot.select(pick_turn, inputs=[turns], outputs=[sources, query, shown], api_visibility="private")
         sources.click(open_source, inputs=[turns], outputs=[viewer, viewing], api_visibility="private")
-        # Summarize: the article open beside the chat, or the one chosen in the library.
-        for button, which in ((summarize_btn, viewing), (library_summarize_btn, chosen)):
-            button.click(lambda: gr.Tabs(selected="chat"), outputs=[tabs], api_visibility="private").then(
-                summarize_article,
-                inputs=[which, *asked_with],
-                outputs=chat_outputs,
-                show_progress="hidden",
-                trigger_mode="once",
-                concurrency_limit=None,
-                api_visibility="private",
-            ).then(saved_chats, inputs=[chat_id], outputs=[past], api_visibility="private")
         library_outputs = [header, table, chosen, only_sources, only_articles]
         files.upload(
             add_articles,

@@ -396,6 +396,17 @@ def _print_outcome(answer: Any) -> None:
         click.echo("(the articles do not hold the answer)")
 
 
+def _print_result(answer: Any, as_json: bool) -> None:
+    """After the streamed text: the answer as JSON, or its outcome and sources."""
+    assert answer is not None
+    if as_json:
+        click.echo(json.dumps(answer.to_dict(), ensure_ascii=False))
+        return
+    click.echo()
+    _print_outcome(answer)
+    _print_sources(answer)
+
+
 def _print_sources(answer: Any) -> None:
     if not answer.sources:
         return
@@ -482,14 +493,7 @@ def ask(question: str, as_json: bool, server: str | None, local: bool, **kw: Any
     for piece in stream:
         if not as_json:
             click.echo(piece, nl=False)
-    answer = stream.answer
-    assert answer is not None
-    if as_json:
-        click.echo(json.dumps(answer.to_dict(), ensure_ascii=False))
-        return
-    click.echo()
-    _print_outcome(answer)
-    _print_sources(answer)
+    _print_result(stream.answer, as_json)
 
 
 @cli.command()
@@ -539,14 +543,7 @@ def summarize(
             click.echo(f"({progress_text(*stream.progress)})", err=True)
         elif not as_json:
             click.echo(piece, nl=False)
-    answer = stream.answer
-    assert answer is not None
-    if as_json:
-        click.echo(json.dumps(answer.to_dict(), ensure_ascii=False))
-        return
-    click.echo()
-    _print_outcome(answer)
-    _print_sources(answer)
+    _print_result(stream.answer, as_json)
 
 
 @cli.command()

@@ -31,7 +31,18 @@ from .retrieval import answering, answering_alike, by_date, evidence, newest_fir
 from .settings import Settings
 from .store import CURRENT, ChunkRow, Snapshot
 from .summary import Task
-from .types import GATE, MODEL, SUPPORTED, UNSUPPORTED, Answer, ArticleInfo, IngestReport, Source, Timings
+from .types import (
+    GATE,
+    MODEL,
+    SUPPORTED,
+    UNSUPPORTED,
+    Answer,
+    ArticleInfo,
+    Copy,
+    IngestReport,
+    Source,
+    Timings,
+)
 from .when import QueryTime, read, today_of
 
 log = logging.getLogger(__name__)
@@ -237,23 +248,7 @@ class RAG:
         ev = evidence(self.encode_sentences, qvec, masked, per_text=self.settings.evidence_sentences)
         copies = snap.copies_of(sorted({r.article_id for r, _ in hits}))
         return [
-            Source(
-                n=n,
-                article_id=r.article_id,
-                title=r.title,
-                url=r.url,
-                date=r.date,
-                text=r.text,
-                evidence=e,
-                score=round(score, 4),
-                source=r.source,
-                author=r.author,
-                start=r.start,
-                end=r.end,
-                chunk_id=r.id,
-                withheld=w,
-                copies=copies.get(r.article_id, ()),
-            )
+            _source(n, r, score=round(score, 4), evidence=e, withheld=w, copies=copies)
             for n, ((r, score), e, w) in enumerate(zip(hits, ev, withheld, strict=True), start=1)
         ]
 
@@ -280,23 +275,7 @@ class RAG:
         withheld = self._withheld(rows)
         copies = snap.copies_of(list(article_ids))
         return [
-            Source(
-                n=n,
-                article_id=r.article_id,
-                title=r.title,
-                url=r.url,
-                date=r.date,
-                text=r.text,
-                evidence=(),
-                score=0.0,
-                source=r.source,
-                author=r.author,
-                start=r.start,
-                end=r.end,
-                chunk_id=r.id,
-                withheld=w,
-                copies=copies.get(r.article_id, ()),
-            )
+            _source(n, r, score=0.0, evidence=(), withheld=w, copies=copies)
             for n, (r, w) in enumerate(zip(rows, withheld, strict=True), start=1)
         ]
 
@@ -982,6 +961,35 @@ class AnswerStream:
         )
         if self.on_done is not None:
             self.on_done(self.answer, self.question)
+
+
+def _source(
+    n: int,
+    r: ChunkRow,
+    *,
+    score: float,
+    evidence: tuple[str, ...],
+    withheld: tuple[str, ...],
+    copies: Mapping[str, tuple[Copy, ...]],
+) -> Source:
+    """The stored chunk `r` as passage `n` of an answer or a summary."""
+    return Source(
+        n=n,
+        article_id=r.article_id,
+        title=r.title,
+        url=r.url,
+        date=r.date,
+        text=r.text,
+        evidence=evidence,
+        score=score,
+        source=r.source,
+        author=r.author,
+        start=r.start,
+        end=r.end,
+        chunk_id=r.id,
+        withheld=withheld,
+        copies=copies.get(r.article_id, ()),
+    )
 
 
 def _evidence_of(text: str, points: Sequence[str], rarity: S.Rarity) -> tuple[str, ...]:

@@ -28,11 +28,12 @@ from .errors import (
 from .filters import Filters
 from .followup import FollowUp
 from .settings import Settings
-from .summary import Task, recognise
+from .summary import MAX_ARTICLES, Task, recognise
 from .types import Answer, Article, ArticleInfo, Chunk, Copy, IngestReport, Source, Timings
 from .when import QueryTime
 
 __all__ = [
+    "MAX_ARTICLES",
     "RAG",
     "Answer",
     "AnswerStream",

@@ -547,6 +547,50 @@ def summarize(
 
 
 @cli.command()
+@click.argument("targets", nargs=-1, metavar="ID...|REQUEST")
+@_settings_options(*SETTING_NAMES[:-1])
+@_filter_options
+@_where_options
+@click.option("--json", "as_json", is_flag=True, help="Print Answer.to_dict() as one JSON object.")
+@_handle_errors
+def compare(targets: tuple[str, ...], as_json: bool, server: str | None, local: bool, **kw: Any) -> None:
+    """Compare how articles report the same thing: where they agree, where their figures,
+    names or claims differ, what one alone reports, each point cited. The articles of 2 to
+    5 ids (as `rag list` shows them), or those a request names ("how did outlets report the
+    strike", "the Northvale budget"); with nothing given, all of the index's 2 to 5."""
+    from .store import Snapshot
+    from .summary import MAX_ARTICLES
+
+    filters = _filters(kw)
+    pinned = _pinned(kw)
+    settings = _split(kw, *SETTING_NAMES)
+    try:
+        snap: Snapshot | None = Snapshot.open(settings.index, verify=False)
+    except RagError:
+        snap = None
+    ids: tuple[str, ...] = ()
+    if snap is not None:
+        if targets and all(snap.article(t) is not None for t in targets):
+            ids = targets
+        elif not targets:
+            every = snap.articles()
+            if not 2 <= len(every) <= MAX_ARTICLES:
+                snap.close()
+                raise click.UsageError(
+                    f"the index holds {len(every)} articles: name 2 to {MAX_ARTICLES} by id (`rag list`) or "
+                    'say what they report, e.g. rag compare "how did outlets report the strike"'
+                )
+            ids = tuple(a.id for a in every)
+        snap.close()
+    answerer = _answerer(settings, pinned=pinned, server=server, local=local)
+    stream = answerer.compare("" if ids else " ".join(targets), ids=ids, filters=filters)
+    for piece in stream:
+        if not as_json:
+            click.echo(piece, nl=False)
+    _print_result(stream.answer, as_json)
+
+
+@cli.command()
 @_settings_options(*SETTING_NAMES[:-1])
 @_filter_options
 @_where_options

@@ -148,13 +148,17 @@ class RemoteStream:
 
 
 class RemoteSummary:
-    """A summary made by a server (`POST /v1/summarize`), read like an `AnswerStream`:
-    iterating it waits for the whole summary and yields it; `.answer` holds the `Answer`."""
+    """A summary (`POST /v1/summarize`) or a comparison (`route` "v1/compare") made by a
+    server, read like an `AnswerStream`: iterating it waits for the whole of it and yields
+    it; `.answer` holds the `Answer`."""
 
-    def __init__(self, client: httpx.Client, url: str, body: dict[str, Any]) -> None:
+    def __init__(
+        self, client: httpx.Client, url: str, body: dict[str, Any], route: str = "v1/summarize"
+    ) -> None:
         self._client = client
         self._url = url
         self._body = body
+        self._route = route
         self.sources: list[Any] = []
         self.progress: tuple[int, int] | None = None
         self.status = ""
@@ -164,7 +168,7 @@ class RemoteSummary:
         import httpx
 
         try:
-            resp = self._client.post(self._url + "v1/summarize", json=self._body)
+            resp = self._client.post(self._url + self._route, json=self._body)
         except httpx.HTTPError as e:
             raise RagError(f"the server at {self._url} went away mid-summary ({e}); try again") from None
         if resp.status_code != 200:
@@ -244,6 +248,15 @@ class Remote:
         if filters is not None and filters.active:
             body["filters"] = {k: v for k, v in filters.to_dict().items() if v}
         return RemoteSummary(self._client, self.url, body)
+
+    def compare(
+        self, target: str = "", *, ids: Sequence[str] = (), filters: Filters | None = None
+    ) -> RemoteSummary:
+        """Articles compared by the server: `ids`, or those `target` names."""
+        body: dict[str, Any] = {"ids": list(ids)} if ids else {"query": target}
+        if filters is not None and filters.active:
+            body["filters"] = {k: v for k, v in filters.to_dict().items() if v}
+        return RemoteSummary(self._client, self.url, body, "v1/compare")
 
     def chat(self, id: str | None = None) -> RemoteChat:
         """A conversation the server saves under `id` (a new one when None)."""

@@ -14,6 +14,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from . import compare as C
 from . import followup, summary
 from . import prompt as P
 from . import support as S
@@ -60,6 +61,11 @@ NOT_HELD = (
     "The articles do not say: no point of the model's summary could be found in the article's "
     "passages. Open the article in the Library to read it."
 )
+ONE_ARTICLE = (
+    "Only one article is about “{}”: a comparison needs two or more. Summarize it instead, or "
+    "choose 2 to {} articles in the Library."
+)
+COMPARE_IDS = "A comparison reads 2 to {0} articles, {1} given: choose 2 to {0} ids (`rag list` shows them)."
 # A recency question ("latest", "now") or a timeline draws this many times k passages. For
 # recency, those that answer about as well as the best (`retrieval.answering_alike`) give the
 # newest first; for a timeline, those whose own answerability reaches this share of the best
@@ -294,7 +300,10 @@ class RAG:
             missing = [i for i in ids if snap.article(i) is None]
             if missing:
                 raise ArticleNotFound(f"no article {missing[0]!r} in the index; `rag list` shows the ids")
-            return list(dict.fromkeys(ids)), "", S.Answerability(1.0, 1.0, 1.0)
+            chosen = list(dict.fromkeys(ids))
+            if task.compare and not C.MIN_ARTICLES <= len(chosen) <= summary.MAX_ARTICLES:
+                raise QuestionError(COMPARE_IDS.format(summary.MAX_ARTICLES, len(chosen)))
+            return chosen, "", S.Answerability(1.0, 1.0, 1.0)
         active = filters is not None and filters.active
         if not task.subject:
             if active:
@@ -305,6 +314,8 @@ class RAG:
                     return [], NO_MATCH.format(filters.describe()), none
             else:
                 found = [a.id for a in snap.articles()]
+            if task.compare and len(found) < C.MIN_ARTICLES:
+                return [], ONE_ARTICLE.format(_title(snap, found[0]), summary.MAX_ARTICLES), none
             if len(found) == 1 or (task.several and len(found) <= summary.MAX_ARTICLES):
                 return found, "", S.Answerability(1.0, 1.0, 1.0)
             return [], WHICH.format(len(found)), none
@@ -319,9 +330,21 @@ class RAG:
             return [], NO_SUBJECT.format(task.subject), ev
         if not task.several:
             return [sources[0].article_id], "", ev
-        each = [self.answerability(task.subject, [x]).score for x in sources]
-        chosen = [sources[i].article_id for i in answering(each, TIMELINE_BAND)]
-        return list(dict.fromkeys(chosen))[: summary.MAX_ARTICLES], "", ev
+        each = [self.answerability(task.subject, [x]) for x in sources]
+        if task.compare:
+            # Every article the gate would answer about the subject from: coverage of one
+            # story by another outlet may rank well below the first.
+            s = self.settings
+            band = [
+                i for i, a in enumerate(each) if a.cosine >= s.min_score and a.score >= s.min_answerability
+            ]
+        else:
+            band = answering([a.score for a in each], TIMELINE_BAND)
+        chosen = [sources[i].article_id for i in band]
+        found = list(dict.fromkeys(chosen))[: summary.MAX_ARTICLES]
+        if task.compare and len(found) < C.MIN_ARTICLES:
+            return [], ONE_ARTICLE.format(task.subject, summary.MAX_ARTICLES), ev
+        return found, "", ev
 
     def query_time(self, question: str, *, today: str | None = None) -> QueryTime:
         """What `question` says about time (`rag.when`), read against `today` (default: the
@@ -404,6 +427,8 @@ class RAG:
                 # "Summarize it": the article the conversation is about.
                 asked = [m["content"] for m in history if m.get("role") == "user"]
                 task = replace(task, subject=followup.subject(asked, ""))
+            if task.compare:
+                return self.compare(task, filters=filters, question=q)
             return self.summarize(task, filters=filters, max_tokens=max_tokens, question=q)
         follow = self.follow_up(q, history) if history else FollowUp(q, "alone")
         query = follow.query
@@ -466,6 +491,39 @@ class RAG:
             filters=filters,
             temperature=0.0,
             max_tokens=max(max_tokens or 0, summary.TOKENS),
+            task=task,
+            article_ids=tuple(ids),
+        )
+
+    def compare(
+        self,
+        target: str | Task = "",
+        *,
+        ids: Sequence[str] = (),
+        filters: Filters | None = None,
+        question: str = "",
+    ) -> AnswerStream:
+        """Start comparing how articles report the same thing: iterate the result for the
+        comparison's lines (where they agree, where their figures, names or claims differ,
+        what one alone reports, each cited), then read `.answer`. `ids` names 2 to 5
+        articles; else `target` is a request ("how did outlets report X") or the subject
+        whose articles to compare ("" for all, when the index holds 2 to 5)."""
+        if isinstance(target, Task):
+            task = replace(target, several=True, compare=True)
+        else:
+            text = self.check_question(target) if target.strip() else ""
+            found = summary.recognise(text) if text else None
+            subject = found.subject if found is not None and found.compare else text
+            task = Task(subject=subject, several=True, compare=True)
+        label = question or (target if isinstance(target, str) and target else "") or "Compare"
+        return AnswerStream(
+            self,
+            question=label,
+            query=task.subject,
+            k=None,
+            filters=filters,
+            temperature=0.0,
+            max_tokens=self.settings.max_tokens,
             task=task,
             article_ids=tuple(ids),
         )
@@ -602,6 +660,7 @@ class AnswerStream:
         self.sources: list[Source] = []
         # A whole-article task: the articles it reads, or why there are none.
         self.task = task
+        self._given_ids = tuple(article_ids)
         self.articles: list[str] = []
         self.refusal = ""
         self._task_evidence = S.Answerability(0.0, 0.0, 0.0)
@@ -656,7 +715,7 @@ class AnswerStream:
 
     def __iter__(self) -> Iterator[str]:
         if self.task is not None:
-            yield from self._summary()
+            yield from self._comparison() if self.task.compare else self._summary()
             return
         s = self.rag.settings
         snap = self.rag.snapshot()
@@ -867,6 +926,87 @@ class AnswerStream:
         }
         self._finish(support=support, first_ms=first_ms, prompt_tokens=self._prompt_tokens)
 
+    def _comparison(self) -> Iterator[str]:
+        """A comparison of whole articles (`rag.compare`): their sentences about the subject
+        matched across articles, what they agree on and where their figures, names or claims
+        differ, each line cited. Composed from the articles' own sentences, not generated."""
+        assert self.task is not None
+        self.evidence = self._task_evidence
+        snap = self.rag.snapshot()
+        if len(self.articles) < C.MIN_ARTICLES or snap is None:
+            self.text = self.refusal or P.REFUSAL
+            self._finish(support=GATE, first_ms=0.0, prompt_tokens=0)
+            yield self.text
+            return
+        compared = self._compared(snap)
+        if not self._given_ids:
+            # Chosen by their subject, the articles that report nothing the others do are
+            # about something else that shares its words ("Riverton" in a football report).
+            linked = sorted(compared.matched)
+            if C.MIN_ARTICLES <= len(linked) < len(self.articles):
+                self.articles = [self.articles[i] for i in linked]
+                compared = self._compared(snap)
+        points = compared.points
+        first = {x.article_id: x for x in reversed(self.sources)}
+        heads = [first[a] for a in self.articles]
+        labels = C.labels(
+            [x.title for x in heads], [x.source for x in heads], [x.date for x in heads], self.articles
+        )
+        if not any(p.kind != "only" for p in points):
+            # Nothing the articles share: no comparison, whatever each says alone.
+            self.text = P.REFUSAL + (
+                f" The {len(self.articles)} articles state nothing in common about “{self.task.subject}”."
+                if self.task.subject
+                else f" The {len(self.articles)} articles state nothing in common."
+            )
+            log.info("nothing to compare in %s", self.articles)
+            # Decided from the articles before any model, as the gate decides.
+            self._finish(support=GATE, first_ms=0.0, prompt_tokens=0)
+            yield self.text
+            return
+        first_ms = (time.perf_counter() - self._t0) * 1000
+        head = f"Compared {len(self.articles)} articles: " + "; ".join(
+            f"{label} [{first[a].n}]" for label, a in zip(labels, self.articles, strict=True)
+        )
+        for line in [head, *C.lines(points, labels)]:
+            self.text += line + "\n"
+            yield line + "\n"
+        self.text = self.text.strip()
+        evidence: dict[int, list[str]] = {}
+        for p in points:
+            for c in p.claims:
+                evidence.setdefault(c.passage, []).append(c.text)
+        for a in self.articles:
+            evidence.setdefault(first[a].n, [])
+        self._summary_evidence = {n: tuple(dict.fromkeys(v)) for n, v in evidence.items()}
+        self._finish(support=SUPPORTED, first_ms=first_ms, prompt_tokens=0)
+
+    def _compared(self, snap: Snapshot) -> C.Comparison:
+        """The points of a comparison of `self.articles` (`rag.compare`)."""
+        import numpy as np
+
+        assert self.task is not None
+        per_article = [
+            [(x.n, mask(x.text, x.withheld)) for x in self.sources if x.article_id == aid]
+            for aid in self.articles
+        ]
+        found = C.claims(per_article)
+        if not found:
+            return C.Comparison((), frozenset())
+        texts = []
+        for aid, mine in zip(self.articles, per_article, strict=True):
+            whole = snap.article(aid)
+            withheld = [w for x in self.sources if x.article_id == aid for w in x.withheld]
+            texts.append(withhold(whole[1], withheld) if whole else " ".join(t for _, t in mine))
+        vectors = np.asarray(self.rag.encode_sentences([c.text for c in found]))
+        if self.task.subject:
+            subject = self.rag.embedder.encode([self.task.subject])[0]
+        else:
+            # Without a subject, what the articles have in common is it.
+            subject = vectors.mean(axis=0)
+            subject /= max(float(np.linalg.norm(subject)), 1e-9)
+        return C.compare(found, vectors, vectors @ subject, texts)
+
     def _complete(self, messages: list[Message], max_tokens: int) -> str:
         """The model's whole reply to `messages` (a step of a summary)."""
         gen = self.rag.generator
@@ -949,7 +1089,7 @@ class AnswerStream:
             draft=self.draft,
             answerability=self.evidence.score,
             query_time=self.when,
-            task="summary" if self.task is not None else "answer",
+            task=("comparison" if self.task.compare else "summary") if self.task is not None else "answer",
             timings=Timings(
                 retrieve_ms=round(self.retrieve_ms, 1),
                 first_token_ms=round(first_ms, 1),
@@ -990,6 +1130,11 @@ def _source(
         withheld=withheld,
         copies=copies.get(r.article_id, ()),
     )
+
+
+def _title(snap: Snapshot, article_id: str) -> str:
+    found = snap.article(article_id)
+    return (found[0].title if found else "") or article_id
 
 
 def _evidence_of(text: str, points: Sequence[str], rarity: S.Rarity) -> tuple[str, ...]:
@@ -1049,6 +1194,12 @@ class ChatSession:
     def summarize(self, target: str = "", **kwargs: Any) -> AnswerStream:
         """`RAG.summarize` as a turn of this conversation (the Summarize button's)."""
         s = self.rag.summarize(target, **kwargs)
+        s.on_done = self._record
+        return s
+
+    def compare(self, target: str = "", **kwargs: Any) -> AnswerStream:
+        """`RAG.compare` as a turn of this conversation (the Library's Compare button's)."""
+        s = self.rag.compare(target, **kwargs)
         s.on_done = self._record
         return s
 

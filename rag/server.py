@@ -324,7 +324,9 @@ class ChatCompletion(BaseModel):
     found: bool = Field(description="False when the articles do not hold the answer.")
     support: str = Field(description=SUPPORT_DOC)
     task: str = Field(
-        "answer", description="`answer`, or `summary` when the question asked for whole articles summarized."
+        "answer",
+        description="`answer`; `summary` when the question asked for whole articles summarized; `comparison` "
+        "when it asked how articles report the same thing.",
     )
     query: str = Field(description="What was searched: the question, or its standalone rewrite.")
     query_time: QueryTimeOut | None = Field(
@@ -439,13 +441,34 @@ class SummarizeRequest(BaseModel):
     filters: FiltersIn | None = Field(None, description="Only these articles may be chosen.")
 
 
+class CompareRequest(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        strict=True,
+        json_schema_extra={
+            "examples": [{"query": "how did outlets report the rail strike"}, {"ids": ["a1b2c3", "d4e5f6"]}]
+        },
+    )
+
+    ids: list[str] | None = Field(
+        None, min_length=2, max_length=MAX_ARTICLES, description="The articles to compare, by id."
+    )
+    query: str | None = Field(
+        None,
+        min_length=1,
+        description="Without ids: a request ('how did outlets report X') or the subject whose articles to "
+        "compare.",
+    )
+    filters: FiltersIn | None = Field(None, description="Only these articles may be chosen.")
+
+
 class SummaryOut(BaseModel):
-    """A summary of whole articles, as in `Answer.to_dict()`: each point cited."""
+    """A summary or a comparison of whole articles, as in `Answer.to_dict()`: each point cited."""
 
     answer: str
     found: bool
     support: str = Field(description=SUPPORT_DOC)
-    task: Literal["summary"] = "summary"
+    task: Literal["summary", "comparison"] = "summary"
     query: str = Field(description="The subject the articles were chosen by (empty: given by id).")
     sources: list[SourceOut] = Field(description="The passages the points were found in.")
     draft: str = Field(description="The model's summary when none of its points was found in a passage.")
@@ -886,6 +909,29 @@ def create_app(
                     return JSONResponse({}, status_code=499)
         finally:
             await _close(pieces)
+        assert stream.answer is not None
+        d = stream.answer.to_dict()
+        return SummaryOut(**{k: d[k] for k in SummaryOut.model_fields})
+
+    @app.post(
+        "/v1/compare",
+        response_model=SummaryOut,
+        dependencies=guarded,
+        tags=["rag"],
+        responses={**ERROR_RESPONSES, 404: {"model": ErrorResponse, "description": "No article has that id"}},
+    )
+    def compare(body: CompareRequest) -> Any:
+        """How articles report the same thing: where they agree, where their figures, names
+        or claims differ, what one alone reports, each point cited with the sentences it
+        rests on: the articles of `ids` (2 to 5), or those `query` names. Composed from the
+        articles' sentences: no model runs, so it answers at once."""
+        r = current()
+        if not body.ids and not body.query:
+            raise ApiError(400, "give ids (2 to 5 articles to compare) or a query naming them", param="ids")
+        filters = body.filters.to_filters() if body.filters else None
+        stream = r.compare(body.query or "", ids=body.ids or (), filters=filters)
+        for _ in stream:
+            pass
         assert stream.answer is not None
         d = stream.answer.to_dict()
         return SummaryOut(**{k: d[k] for k in SummaryOut.model_fields})

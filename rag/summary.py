@@ -79,6 +79,43 @@ _FORMAT = re.compile(
     r"paragraphs?)\b.*$|(?:^|\s+)for\s+(?:me|us)\b.*$",
     re.I,
 )
+# Comparisons of coverage: "how did outlets report X", "compare the articles about X",
+# "where do the reports differ on X", "how was X reported".
+_MEDIA = (
+    r"(?:(?:different|various|other|the|these|those|all\s+(?:the\s+)?|my)\s+)*"
+    r"(?:outlets|papers|newspapers|media|press|reporters|journalists|broadcasters|websites|sources|"
+    r"news\s+(?:sites|outlets|organi[sz]ations|media))"
+)
+_ACCOUNTS = (
+    r"(?:(?:the|these|those|my|our|both|all\s+(?:the\s+)?|selected|chosen|two|three|four|five)\s+)*"
+    r"(?:coverage|reporting|reports|articles|stories|accounts|pieces|outlets|papers|newspapers|sources|media)"
+)
+_REPORTED = (
+    r"(?:report(?:ed)?(?:\s+on)?|cover(?:ed)?|treat(?:ed)?|present(?:ed)?|portray(?:ed)?|describe[d]?)"
+)
+_DIFFER = r"(?:differ|disagree|agree|diverge|contradict\s+each\s+other)"
+_COMPARE = (
+    re.compile(rf"^how\s+(?:did|do|does|have|has)\s+{_MEDIA}\s+{_REPORTED}\s+(?P<rest>.+)$", re.I),
+    re.compile(
+        r"^how\s+(?:was|were|is|are|has\s+been|have\s+been)\s+(?P<rest>.+?)\s+(?:reported|covered|portrayed)"
+        r"(?:\s+(?:by|in)\s+.+)?$",
+        re.I,
+    ),
+    re.compile(
+        rf"^(?:where|how|on\s+what|what|in\s+what\s+ways?)\s+(?:do|does|did)\s+{_ACCOUNTS}\s+"
+        rf"(?:(?:of|on|about)\s+(?P<inner>.+?)\s+)?{_DIFFER}"
+        rf"(?:\s+(?:and|or)\s+(?:where|how|what)?\s*(?:(?:do|does|did)\s+(?:they|it)\s+)?{_DIFFER})?"
+        r"(?:\s+on)?(?:\s+(?:on|about|over|regarding|in\s+(?:their\s+)?(?:reporting|coverage)\s+of))?"
+        r"(?P<rest>(?:\s+.*)?)$",
+        re.I,
+    ),
+    re.compile(
+        rf"^{_LEAD}compare\s+(?:how\s+{_MEDIA}\s+{_REPORTED}\s+|what\s+{_ACCOUNTS}\s+(?:say|said|report(?:ed)?)"
+        rf"\s+(?:about|on|of|regarding)\s+|{_ACCOUNTS}(?:\s+(?:of|on|about|regarding|covering|from)\s+|\W*$))"
+        r"(?P<rest>.*)$",
+        re.I,
+    ),
+)
 # A request of its own said after a question: "How do the articles describe it? Summarize."
 _ALONE = re.compile(rf"^{_LEAD}{_VERB}(?:\s+(?:it|this|that|them))?(?:,?\s+please)?\W*$", re.I)
 _DEICTIC = frozenset(("it", "this", "that", "them", "these", "those", "this one", "that one", "me", "us"))
@@ -89,11 +126,14 @@ _POINT = re.compile(r"^\s*(?:[-*•]|\d+[.)])\s+")
 @dataclass(frozen=True)
 class Task:
     """A request about whole articles: summarise the article (`several`: the articles)
-    about `subject` ("" for the one in view), on `focus` alone when set."""
+    about `subject` ("" for the one in view), on `focus` alone when set; or, `compare`,
+    compare the articles about it."""
 
     subject: str = ""
     several: bool = False
     focus: str = ""
+    # Compare the articles' coverage (what they agree on, where they differ): `rag.compare`.
+    compare: bool = False
 
 
 def _several(obj: str) -> bool:
@@ -129,6 +169,11 @@ def recognise(question: str) -> Task | None:
         # "How do the articles describe the drought? Summarize.": the other sentence says what.
         said = " ".join(x for x in sentences if not _ALONE.match(x))
         return recognise(said) or Task(subject=_subject(said))
+    for pattern in _COMPARE:
+        m = pattern.match(q.rstrip("?.! "))
+        if m:
+            said = (m.groupdict().get("inner") or "") or m["rest"]
+            return Task(_subject(said), several=True, compare=True)
     m = _SAY.match(q)
     if m:
         return _say(m)

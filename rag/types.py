@@ -133,7 +133,8 @@ class Answer:
     draft: str = ""
     answerability: float = 0.0
     query_time: QueryTime | None = None
-    # `answer` (a question answered) or `summary` (whole articles summarised, `rag.summary`).
+    # `answer` (a question answered), `summary` (whole articles summarised, `rag.summary`) or
+    # `comparison` (how articles report the same thing, `rag.compare`).
     task: str = "answer"
 
     @property

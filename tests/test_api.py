@@ -312,6 +312,47 @@ def test_summarize_reads_the_whole_article_and_cites_each_point(served):
     assert neither.status_code == 400 and "give ids" in neither.json()["error"]["message"]
 
 
+def test_compare_reads_the_articles_given_and_cites_each_point(tmp_path, real_embedder):
+    r = rag.RAG(rag.Settings(index=tmp_path / "index"), embedder=real_embedder, generator=CannedGenerator())
+    r.ingest([ROOT / "tests" / "data" / "compare" / "articles.jsonl"])
+    server, url = launch(r, ui=False, api_key=KEY)
+    try:
+        by_id = httpx.post(
+            url + "v1/compare", json={"ids": ["kestrel-wire", "kestrel-daily"]}, headers=auth()
+        )
+        assert by_id.status_code == 200, by_id.text
+        body = by_id.json()
+        assert body["task"] == "comparison" and body["found"] is True and body["support"] == "supported"
+        assert "**240 million dollars**" in body["answer"] and "**260 million dollars**" in body["answer"]
+        assert {x["article_id"] for x in body["sources"]} == {"kestrel-wire", "kestrel-daily"}
+        assert all(x["cited"] and x["evidence"] for x in body["sources"])
+        by_query = httpx.post(
+            url + "v1/compare", json={"query": "How did outlets report the cup final?"}, headers=auth()
+        )
+        assert by_query.status_code == 200 and "**41,000**" in by_query.json()["answer"]
+        # In the chat, the request is recognised and the last chunk says what was done.
+        chat = httpx.post(
+            url + "v1/chat/completions",
+            json={
+                "model": "rag",
+                "messages": [
+                    {"role": "user", "content": "Compare the coverage of the Northvale 2027 budget"}
+                ],
+            },
+            headers=auth(),
+            timeout=60,
+        )
+        assert chat.status_code == 200 and chat.json()["task"] == "comparison"
+        one = httpx.post(url + "v1/compare", json={"ids": ["kestrel-wire"]}, headers=auth())
+        assert one.status_code == 400 and one.json()["error"]["param"] == "ids"
+        missing = httpx.post(url + "v1/compare", json={"ids": ["kestrel-wire", "nope"]}, headers=auth())
+        assert missing.status_code == 404 and missing.json()["error"]["code"] == "article_not_found"
+        neither = httpx.post(url + "v1/compare", json={}, headers=auth())
+        assert neither.status_code == 400 and "give ids" in neither.json()["error"]["message"]
+    finally:
+        server.close()
+
+
 def test_a_summary_asked_in_the_chat_is_one_and_says_so(tmp_path):
     r = fake_rag(tmp_path / "index")
     server, url = launch(r, ui=False, api_key=KEY)
@@ -376,6 +417,7 @@ def test_ui_is_served_by_the_same_process(served):
         ("POST", "v1/chat/completions"),
         ("POST", "v1/retrieve"),
         ("POST", "v1/summarize"),
+        ("POST", "v1/compare"),
     ],
 )
 def test_every_route_but_health_needs_the_key(served, headers, code, method, path):
@@ -943,4 +985,4 @@ def test_openapi_document_holds_under_schemathesis(tmp_path):
     finally:
         server.close()
     assert proc.returncode == 0, proc.stdout[-8000:] + proc.stderr[-2000:]
-    assert "10 selected / 10 total" in proc.stdout
+    assert "11 selected / 11 total" in proc.stdout

@@ -212,6 +212,43 @@ def test_summarize_buttons_summarise_whole_articles_in_the_chat(url):
             browser.close()
 
 
+def test_compare_in_the_library_compares_the_chosen_articles_in_the_chat(
+    tmp_path, real_embedder, real_generator
+):
+    """Two articles chosen in the Library and compared: a chat turn that says where they
+    agree and where their figures differ, each point cited, the passages beside it."""
+    from playwright.sync_api import sync_playwright
+
+    r = rag.RAG(rag.Settings(index=tmp_path / "index"), embedder=real_embedder, generator=real_generator)
+    r.ingest([ROOT / "tests" / "data" / "compare" / "articles.jsonl"])
+    demo, local_url = launch(r, port=free_port())
+    try:
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
+            try:
+                page = browser.new_page(viewport={"width": 1400, "height": 1000})
+                page.goto(local_url)
+                page.locator("#question textarea").wait_for()
+                page.get_by_role("tab", name="Library").click()
+                for title in ("Brightline buys Kestrel Labs", "Brightline pays 260 million dollars"):
+                    page.locator("#compare-choice input").click()
+                    page.get_by_role("option", name=re.compile(re.escape(title))).click()
+                page.locator("#compare-chosen").click()
+                page.locator("#chat").wait_for(state="visible", timeout=10_000)
+                page.wait_for_function(
+                    "() => document.querySelectorAll('#chat .rag-outcome').length >= 1", timeout=60_000
+                )
+                text = page.locator(ANSWER).last.inner_text()
+                assert "Where they differ" in text and "240 million dollars" in text, text
+                assert "260 million dollars" in text and re.search(r"\[\d+\]", text), text
+                assert "Compare" in page.locator("#chat [data-testid='user']").last.inner_text()
+                assert page.locator("#sources .rag-src.cited").count() >= 2
+            finally:
+                browser.close()
+    finally:
+        demo.close(verbose=False)
+
+
 def test_the_library_adds_a_page_and_a_feed_by_url(url):
     """The Library tab's "Add by URL" box: a page and a feed from a site on 127.0.0.1; a bad
     address says what is wrong; the library table lists what came in."""

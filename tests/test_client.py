@@ -82,6 +82,11 @@ def test_a_remote_answer_reads_like_a_local_one(tmp_path):
         assert [s.to_dict() for s in summary.answer.sources] == [s.to_dict() for s in local.answer.sources]
         with pytest.raises(rag_errors.RagError, match="404: no article 'nope'"):
             list(remote.summarize(ids=["nope"]))
+        # A comparison: the server says why there is none (one article).
+        compared = remote.compare("How did outlets report the rare earth talks?")
+        assert list(compared) == []
+        assert compared.answer.task == "comparison" and compared.answer.support == "gate"
+        assert compared.answer.answer.startswith("Only one article is about")
     finally:
         remote.close()
         server.close()

@@ -13,7 +13,7 @@ import pytest
 from rag import RAG, QuestionError, QuestionTooLong, Settings
 from rag.prompt import REFUSAL
 
-from .conftest import SAMPLE, shared
+from .conftest import ROOT, SAMPLE, shared
 
 ALUMINUM = "How much aluminum could Russia sell to the United States?"
 
@@ -202,6 +202,30 @@ def test_cli_summarize_by_id_and_by_request(tmp_path):
         timeout=300,
     )
     assert gated.returncode == 0 and "No article in the index is about" in gated.stdout, gated.stdout
+
+
+def test_cli_compare_by_ids_and_by_request(tmp_path):
+    env = {**os.environ, "RAG_INDEX": str(tmp_path / "idx")}
+    cmd = [sys.executable, "-m", "rag.cli"]
+    articles = ROOT / "tests" / "data" / "compare" / "articles.jsonl"
+    subprocess.run([*cmd, "ingest", str(articles)], check=True, env=env, capture_output=True, timeout=300)
+    p = subprocess.run(
+        [*cmd, "compare", "--json", "kestrel-wire", "kestrel-daily"], env=env, capture_output=True, text=True
+    )
+    assert p.returncode == 0, p.stderr
+    data = json.loads(p.stdout)
+    assert data["task"] == "comparison" and data["found"] is True
+    assert "**240 million dollars**" in data["answer"] and "**260 million dollars**" in data["answer"]
+    asked = subprocess.run(
+        [*cmd, "compare", "How did outlets report the cup final?"], env=env, capture_output=True, text=True
+    )
+    assert asked.returncode == 0, asked.stderr
+    assert asked.stdout.startswith("Compared 2 articles: Sports Wire [")
+    assert "**41,000**" in asked.stdout and "Sources:" in asked.stdout
+    one = subprocess.run([*cmd, "compare", "kestrel-wire"], env=env, capture_output=True, text=True)
+    assert one.returncode == 1 and "2 to 5 articles, 1 given" in one.stderr
+    every = subprocess.run([*cmd, "compare"], env=env, capture_output=True, text=True)
+    assert every.returncode == 2 and "the index holds 11 articles" in every.stderr
 
 
 def test_openvino_vectors_agree_with_torch_and_search_its_index(tmp_path, monkeypatch, real_embedder):

@@ -26,9 +26,10 @@ def _norm(subject: str) -> str:
 
 
 def test_requests_are_recognised_as_written():
-    # The phrasing sets of docs/evaluation.md ("Whole-article tasks"): each line as written.
+    # The phrasing sets of docs/evaluation.md ("Whole-article tasks", "Comparing coverage"):
+    # each line as written.
     lines = [x for f in sorted(INTENTS.glob("*.jsonl")) for x in f.read_text().splitlines() if x.strip()]
-    assert len(lines) == 48
+    assert len(lines) == 74
     for line in lines:
         case = json.loads(line)
         task = rag.recognise(case["text"])
@@ -36,6 +37,11 @@ def test_requests_are_recognised_as_written():
             assert task is None, case
             continue
         assert task is not None, case
+        assert task.compare == (case["task"] == "comparison"), case
+        if task.compare:
+            # A comparison reads every article about its subject.
+            assert (_norm(task.subject), task.several) == (_norm(case["subject"]), True), case
+            continue
         assert (_norm(task.subject), task.several) == (_norm(case["subject"]), case["several"]), case
         if case.get("focus"):
             assert _norm(task.focus) == _norm(case["focus"])

@@ -632,9 +632,10 @@ def build_app(rag_: RAG) -> gr.Blocks:
         *,
         read_time: bool | None,
         summarize: Sequence[str] = (),
+        compare: Sequence[str] = (),
     ) -> Iterator[tuple[Any, ...]]:
         """One turn: `question` answered, or with `summarize` (article ids) those articles
-        summarised, `question` being the turn's label."""
+        summarised, or with `compare` compared, `question` being the turn's label."""
         turns = list(turns or [])
         r = engine.rag
         question = (question or "").strip()
@@ -687,6 +688,8 @@ def build_app(rag_: RAG) -> gr.Blocks:
             conversation = r.chat(chat_id or None, user=user_of(request), history=history)
             if summarize:
                 stream = conversation.summarize(ids=summarize, max_tokens=int(max_tokens), question=question)
+            elif compare:
+                stream = conversation.compare(ids=compare, question=question)
             else:
                 stream = conversation.stream(
                     question,
@@ -774,6 +777,44 @@ def build_app(rag_: RAG) -> gr.Blocks:
             request,
             read_time=None,
             summarize=(found[0].id,),
+        )
+
+    def compare_articles(
+        article_ids: list[str] | None,
+        top_k: float,
+        temperature: float,
+        max_tokens: float,
+        only_sources: list[str] | None,
+        author: str | None,
+        since: str | None,
+        until: str | None,
+        only_articles: list[str] | None,
+        turns: list[Turn] | None,
+        chat_id: str | None,
+        request: gr.Request,
+    ) -> Iterator[tuple[Any, ...]]:
+        """The articles chosen in the library compared, as a turn of the chat."""
+        turns = list(turns or [])
+        chosen = [a for a in (engine.rag.article(i) for i in article_ids or ()) if a is not None]
+        if not 2 <= len(chosen) <= rag.MAX_ARTICLES:
+            note = f"Choose 2 to {rag.MAX_ARTICLES} articles to compare ({len(chosen)} chosen)."
+            yield outputs(turns, len(turns) - 1 if turns else None, note)
+            return
+        yield from answer_turn(
+            "Compare " + ", ".join(f"“{a.title or a.id}”" for a, _ in chosen),
+            top_k,
+            temperature,
+            max_tokens,
+            only_sources,
+            author,
+            since,
+            until,
+            only_articles,
+            turns,
+            chat_id,
+            request,
+            read_time=None,
+            compare=[a.id for a, _ in chosen],
         )
 
     def stop(request: gr.Request) -> str:
@@ -865,7 +906,7 @@ def build_app(rag_: RAG) -> gr.Blocks:
         info, text = found
         return article_html(info, text, source), info.id
 
-    def library() -> tuple[str, dict[str, Any], Any, Any, Any]:
+    def library() -> tuple[str, dict[str, Any], Any, Any, Any, Any]:
         r = engine.rag
         return (
             library_line(r),
@@ -873,6 +914,7 @@ def build_app(rag_: RAG) -> gr.Blocks:
             gr.update(choices=library_choices(r), value=None),
             gr.update(choices=source_choices(r)),
             gr.update(choices=library_choices(r)),
+            gr.update(choices=library_choices(r), value=[]),
         )
 
     def add_articles(
@@ -1122,6 +1164,22 @@ def build_app(rag_: RAG) -> gr.Blocks:
                     )
                     remove_btn = gr.Button("Remove", variant="stop", scale=1, min_width=100)
                 removed = gr.Markdown("")
+                gr.Markdown(
+                    f"Compare how 2 to {rag.MAX_ARTICLES} articles report the same thing (where they agree, "
+                    "where their figures and names differ):"
+                )
+                with gr.Row(equal_height=True):
+                    comparing_ids = gr.Dropdown(
+                        choices=library_choices(rag_),
+                        value=[],
+                        multiselect=True,
+                        max_choices=rag.MAX_ARTICLES,
+                        show_label=False,
+                        container=False,
+                        scale=4,
+                        elem_id="compare-choice",
+                    )
+                    compare_btn = gr.Button("Compare", scale=1, min_width=100, elem_id="compare-chosen")
 
         chat_outputs = [chatbot, turns, question, sources, query, status, timings, shown, chat_id]
         # What a question is asked with: the settings and filters, and the conversation.
@@ -1157,15 +1215,20 @@ def build_app(rag_: RAG) -> gr.Blocks:
             trigger_mode="once",
             concurrency_limit=None,
         )
-        # Summarize: the article open beside the chat, or the one chosen in the library.
+        # Summarize: the article open beside the chat, or the one chosen in the library;
+        # Compare: the articles chosen in the library.
         summarizing: list[Any] = []
-        for button, which in ((summarize_btn, viewing), (library_summarize_btn, chosen)):
+        for button, which, task in (
+            (summarize_btn, viewing, summarize_article),
+            (library_summarize_btn, chosen, summarize_article),
+            (compare_btn, comparing_ids, compare_articles),
+        ):
             shown_chat = button.click(
                 lambda: gr.Tabs(selected="chat"), outputs=[tabs], api_visibility="private"
             )
             summarizing.append(
                 shown_chat.then(
-                    summarize_article,
+                    task,
                     inputs=[which, *asked_with],
                     outputs=chat_outputs,
                     show_progress="hidden",
@@ -1210,7 +1273,7 @@ def build_app(rag_: RAG) -> gr.Blocks:
         )
         chatbot.select(pick_turn, inputs=[turns], outputs=[sources, query, shown], api_visibility="private")
         sources.click(open_source, inputs=[turns], outputs=[viewer, viewing], api_visibility="private")
-        library_outputs = [header, table, chosen, only_sources, only_articles]
+        library_outputs = [header, table, chosen, only_sources, only_articles, comparing_ids]
         files.upload(
             add_articles,
             inputs=[files],

@@ -9,10 +9,13 @@ print(answer.answer, [s.title for s in answer.cited_sources])
 from __future__ import annotations
 
 from .chats import Chat, Chats, ChatTurn
+from .collections import DEFAULT as DEFAULT_COLLECTION
+from .collections import CollectionInfo
 from .errors import (
     ArticleNotFound,
     Busy,
     ChatNotFound,
+    CollectionNotFound,
     ConfigError,
     EmbedderMismatch,
     FilterError,
@@ -33,6 +36,7 @@ from .types import Answer, Article, ArticleInfo, Chunk, Copy, IngestReport, Sour
 from .when import QueryTime
 
 __all__ = [
+    "DEFAULT_COLLECTION",
     "MAX_ARTICLES",
     "RAG",
     "Answer",
@@ -47,6 +51,8 @@ __all__ = [
     "ChatTurn",
     "Chats",
     "Chunk",
+    "CollectionInfo",
+    "CollectionNotFound",
     "ConfigError",
     "Copy",
     "EmbedderMismatch",

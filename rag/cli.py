@@ -25,6 +25,11 @@ def _settings_options(*names: str) -> Callable[[F], F]:
         "index": click.option(
             "--index", type=click.Path(path_type=Path), help="Index folder [env RAG_INDEX; default ./index]."
         ),
+        "collection": click.option(
+            "--collection",
+            metavar="NAME",
+            help="Which collection under the index folder [env RAG_COLLECTION; default: default].",
+        ),
         "embedder": click.option("--embedder", help="sentence-transformers name or path [env RAG_EMBEDDER]."),
         "embed_backend": click.option(
             "--embed-backend",
@@ -110,7 +115,7 @@ def _settings_options(*names: str) -> Callable[[F], F]:
     }
 
     def deco(fn: F) -> F:
-        for name in reversed(names):
+        for name in reversed(_with_collection(names)):
             fn = options[name](fn)
         return fn
 
@@ -165,8 +170,13 @@ def _handle_errors(fn: F) -> F:
     return wrapper
 
 
+def _with_collection(names: tuple[str, ...]) -> tuple[str, ...]:
+    # Whatever names the index folder picks the collection in it too.
+    return (*names, "collection") if "index" in names and "collection" not in names else names
+
+
 def _split(kwargs: dict[str, Any], *names: str) -> Settings:
-    return Settings.load(**{n: kwargs.pop(n) for n in names if n in kwargs})
+    return Settings.load(**{n: kwargs.pop(n) for n in _with_collection(names) if n in kwargs})
 
 
 SETTING_NAMES = (
@@ -266,7 +276,7 @@ def ingest(paths: tuple[str, ...], fields: tuple[str, ...], rebuild: bool, prune
     click.echo(
         f"{len(report.added)} added, {len(report.updated)} updated, "
         f"{len(report.unchanged)} unchanged{extra}, {len(report.failed)} failed; "
-        f"{report.chunks} chunks embedded in {report.seconds:.1f} s -> {settings.index}"
+        f"{report.chunks} chunks embedded in {report.seconds:.1f} s -> {settings.folder}"
     )
     if report.failed:
         sys.exit(1)
@@ -325,7 +335,7 @@ def list_(as_json: bool, **kw: Any) -> None:
     from .store import Snapshot
 
     settings = _split(kw, "index")
-    snap = Snapshot.open(settings.index)
+    snap = Snapshot.open(_folder(settings))
     for a in snap.articles():
         if as_json:
             click.echo(json.dumps(a.__dict__, ensure_ascii=False))
@@ -347,7 +357,7 @@ def remove(article_ids: tuple[str, ...], **kw: Any) -> None:
     settings = _split(kw, *SETTING_NAMES)
     missing = RAG(settings).remove(article_ids)
     for m in missing:
-        click.echo(f"error: no article with id {m!r} in {settings.index}; see `rag list`", err=True)
+        click.echo(f"error: no article with id {m!r} in {settings.folder}; see `rag list`", err=True)
     click.echo(f"removed {len(article_ids) - len(missing)} article(s)")
     if missing:
         sys.exit(1)
@@ -362,7 +372,7 @@ def stats(as_json: bool, **kw: Any) -> None:
     from .store import Snapshot
 
     settings = _split(kw, "index")
-    snap = Snapshot.open(settings.index)
+    snap = Snapshot.open(_folder(settings))
     info = snap.stats()
     if as_json:
         click.echo(json.dumps(info, indent=2))
@@ -379,8 +389,8 @@ def recover(**kw: Any) -> None:
     from .store import recover as run_recover
 
     settings = _split(kw, "index")
-    gen = run_recover(settings.index)
-    click.echo(f"{settings.index} now serves {gen}")
+    gen = run_recover(_folder(settings))
+    click.echo(f"{settings.folder} now serves {gen}")
 
 
 def _print_outcome(answer: Any) -> None:
@@ -457,7 +467,7 @@ def _answerer(settings: Settings, *, pinned: list[str], server: str | None, loca
         url = server or find(settings.index, api_key=settings.api_key)
         if url:
             logging.getLogger(__name__).info("answering through the server at %s", url)
-            return Remote(url, api_key=settings.api_key)
+            return Remote(url, api_key=settings.api_key, collection=settings.collection)
     from .pipeline import RAG
 
     rag = RAG(settings)
@@ -518,7 +528,7 @@ def summarize(
     pinned = _pinned(kw)
     settings = _split(kw, *SETTING_NAMES)
     try:
-        snap: Snapshot | None = Snapshot.open(settings.index, verify=False)
+        snap: Snapshot | None = Snapshot.open(settings.folder, verify=False)
     except RagError:
         snap = None
     ids = targets if len(targets) > 1 or (snap is not None and targets and snap.article(targets[0])) else ()
@@ -565,7 +575,7 @@ def compare(targets: tuple[str, ...], as_json: bool, server: str | None, local: 
     pinned = _pinned(kw)
     settings = _split(kw, *SETTING_NAMES)
     try:
-        snap: Snapshot | None = Snapshot.open(settings.index, verify=False)
+        snap: Snapshot | None = Snapshot.open(settings.folder, verify=False)
     except RagError:
         snap = None
     ids: tuple[str, ...] = ()
@@ -742,7 +752,16 @@ def _chat_options(fn: F) -> F:
 def _chats_of(kw: dict[str, Any]) -> Any:
     from .chats import Chats
 
-    return Chats(_split(kw, "index").index)
+    return Chats(_folder(_split(kw, "index")))
+
+
+def _folder(settings: Settings) -> Path:
+    """The chosen collection's folder; raises when there is no such collection."""
+    from . import collections
+
+    if not collections.exists(settings.index, settings.collection):
+        raise collections.missing(settings.index, settings.collection)
+    return settings.folder
 
 
 @chats.command(name="list")
@@ -821,6 +840,65 @@ def chats_delete(chat_ids: tuple[str, ...], user: str, **kw: Any) -> None:
     for chat_id in chat_ids:
         store.delete(chat_id, user=user)
         click.echo(f"deleted chat {chat_id}", err=True)
+
+
+@cli.group()
+def collections() -> None:
+    """Named indexes under one index folder, each with its own articles and chats: list,
+    create, delete. Pick one for any command with `--collection NAME` or RAG_COLLECTION."""
+
+
+@collections.command(name="list")
+@click.option(
+    "--index", type=click.Path(path_type=Path), help="Index folder [env RAG_INDEX; default ./index]."
+)
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per collection.")
+@_handle_errors
+def collections_list(index: Path | None, as_json: bool) -> None:
+    """The collections with their article and chunk counts; * marks the one in use."""
+    from . import collections as K
+
+    settings = Settings.load(index=index)
+    for c in K.info(settings.index):
+        if as_json:
+            click.echo(json.dumps(c.to_dict(), ensure_ascii=False))
+        else:
+            mark = "*" if c.name == settings.collection else " "
+            click.echo(f"{mark} {c.name:20} {c.articles:6} articles {c.chunks:8} chunks  {c.path}")
+
+
+@collections.command(name="create")
+@click.argument("name")
+@click.option(
+    "--index", type=click.Path(path_type=Path), help="Index folder [env RAG_INDEX; default ./index]."
+)
+@_handle_errors
+def collections_create(name: str, index: Path | None) -> None:
+    """Make an empty collection NAME; fill it with `rag ingest --collection NAME PATH...`."""
+    from . import collections as K
+
+    path = K.create(Settings.load(index=index).index, name)
+    click.echo(f"created collection {name} at {path}; fill it with `rag ingest --collection {name} PATH...`")
+
+
+@collections.command(name="delete")
+@click.argument("name")
+@click.option(
+    "--index", type=click.Path(path_type=Path), help="Index folder [env RAG_INDEX; default ./index]."
+)
+@click.option("--yes", is_flag=True, help="Do not ask first.")
+@_handle_errors
+def collections_delete(name: str, index: Path | None, yes: bool) -> None:
+    """Delete collection NAME with its articles and saved chats."""
+    from . import collections as K
+
+    root = Settings.load(index=index).index
+    if not K.exists(root, K.check_name(name)):
+        raise K.missing(root, name)
+    if not yes:
+        click.confirm(f"Delete collection {name!r} with its articles and chats?", abort=True)
+    K.delete(root, name)
+    click.echo(f"deleted collection {name}")
 
 
 @cli.command(name="eval")

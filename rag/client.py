@@ -191,10 +191,14 @@ def _refused(resp: httpx.Response) -> RagError:
 class Remote:
     """Questions asked of a running `rag serve` (its `/v1/chat/completions`)."""
 
-    def __init__(self, url: str, *, api_key: str = "", timeout: float = 600.0) -> None:
+    def __init__(
+        self, url: str, *, api_key: str = "", timeout: float = 600.0, collection: str | None = None
+    ) -> None:
         import httpx
 
         self.url = url.rstrip("/") + "/"
+        # None: the collection the server was started on.
+        self.collection = collection
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self._client = httpx.Client(timeout=httpx.Timeout(timeout, connect=5.0), headers=headers)
 
@@ -229,6 +233,7 @@ class Remote:
         for name, value in per_question:
             if value is not None:
                 body[name] = value
+        self._choose(body)
         if filters is not None and filters.active:
             body["filters"] = {k: v for k, v in filters.to_dict().items() if v}
         return RemoteStream(self._client, self.url, body, question)
@@ -247,7 +252,7 @@ class Remote:
             body["focus"] = focus
         if filters is not None and filters.active:
             body["filters"] = {k: v for k, v in filters.to_dict().items() if v}
-        return RemoteSummary(self._client, self.url, body)
+        return RemoteSummary(self._client, self.url, self._choose(body))
 
     def compare(
         self, target: str = "", *, ids: Sequence[str] = (), filters: Filters | None = None
@@ -256,7 +261,12 @@ class Remote:
         body: dict[str, Any] = {"ids": list(ids)} if ids else {"query": target}
         if filters is not None and filters.active:
             body["filters"] = {k: v for k, v in filters.to_dict().items() if v}
-        return RemoteSummary(self._client, self.url, body, "v1/compare")
+        return RemoteSummary(self._client, self.url, self._choose(body), "v1/compare")
+
+    def _choose(self, body: dict[str, Any]) -> dict[str, Any]:
+        if self.collection is not None:
+            body["collection"] = self.collection
+        return body
 
     def chat(self, id: str | None = None) -> RemoteChat:
         """A conversation the server saves under `id` (a new one when None)."""

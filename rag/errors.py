@@ -74,3 +74,7 @@ class FilterError(QuestionError):
 
 class Busy(RagError):
     """Too many requests are already waiting for the model."""
+
+
+class CollectionNotFound(RagError):
+    """No collection of that name under the index root."""

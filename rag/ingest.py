@@ -67,7 +67,7 @@ def ingest(
     progress: Progress | None = None,
     on_error: Callable[[InputError], None] | None = None,
 ) -> IngestReport:
-    """Index files, folders, web pages and feeds (URLs) into `settings.index`; unreadable
+    """Index files, folders, web pages and feeds (URLs) into `settings.folder`; unreadable
     inputs are reported, the rest committed as one new generation.
 
     With `prune`, the articles whose files under the given folders no longer exist are
@@ -154,7 +154,7 @@ def _url_items(
 def _stored_meta(settings: Settings, key: str) -> str | None:
     try:
         # Not verified here: the transaction that follows verifies the generation once.
-        snap = Snapshot.open(settings.index, verify=False)
+        snap = Snapshot.open(settings.folder, verify=False)
     except IndexNotFound:
         return None
     try:
@@ -181,7 +181,7 @@ def ingest_articles(
     and commit them as one generation. Without an `embedder`, `make_embedder` makes one if
     a removal turns out to need it (a copy promoted in place of what was removed)."""
     start = time.perf_counter()
-    root = Path(settings.index)
+    root = settings.folder
     added: list[str] = []
     updated: list[str] = []
     unchanged: list[str] = []

@@ -11,15 +11,16 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
-from pathlib import Path
 from typing import Any
 
+from . import collections as K
 from . import compare as C
 from . import followup, summary
 from . import prompt as P
 from . import support as S
 from .chats import Chats, check_id, new_id
 from .chunking import split_sentences
+from .collections import CollectionInfo
 from .embedding import Embedder, Progress, load_cross_encoder
 from .errors import ArticleNotFound, IndexNotFound, InputError, QuestionError, QuestionTooLong, RagError
 from .filters import Filters, article_date
@@ -49,6 +50,10 @@ from .when import QueryTime, read, today_of
 log = logging.getLogger(__name__)
 
 EMPTY_INDEX = "The index holds no articles yet. Add some with `rag ingest PATH...` or the Library tab."
+EMPTY_COLLECTION = (
+    "The collection “{0}” holds no articles yet. Add some with `rag ingest --collection {0} PATH...` "
+    "or the Library tab."
+)
 SENTENCE_CACHE = 2048
 NO_MATCH = "No article matches the filters ({}); widen or clear them."
 NO_ARTICLE = "No article from {}."
@@ -115,11 +120,50 @@ class RAG:
         self._pointer: str | None = None
         self._load_lock = threading.RLock()
         self._chats: Chats | None = None
+        # The collections of one root opened through `collection()` share one family: the
+        # models load once, for the first of them that needs them.
+        self._family: dict[str, RAG] = {self.settings.collection: self}
+        self._elder: RAG | None = None
 
     # -- models and index, loaded lazily -------------------------------------------------
 
+    def collection(self, name: str | None = None) -> RAG:
+        """The `RAG` of collection `name` under the same index root (None: this one's), with
+        the same settings, models and gate; made once and kept. Raises `CollectionNotFound`
+        when there is no such collection (`rag.collections.create` makes one)."""
+        name = K.check_name(name or self.settings.collection)
+        elder = self._elder or self
+        with elder._load_lock:
+            member = elder._family.get(name)
+            if member is not None:
+                return member
+            if not K.exists(self.settings.index, name):
+                raise K.missing(self.settings.index, name)
+            member = RAG(self.settings.with_(collection=name), gate=self.gate)
+            member._elder, member._family = elder, elder._family
+            elder._family[name] = member
+            return member
+
+    def collections(self) -> list[CollectionInfo]:
+        """Every collection under this index root, `default` first, with its counts."""
+        return K.info(self.settings.index)
+
+    def create_collection(self, name: str) -> RAG:
+        """Make an empty collection under this root; returns its `RAG` (see `collection`)."""
+        K.create(self.settings.index, name)
+        return self.collection(name)
+
+    def delete_collection(self, name: str) -> None:
+        """Delete a named collection with its articles and saved chats."""
+        K.delete(self.settings.index, name)
+        elder = self._elder or self
+        with elder._load_lock:
+            elder._family.pop(name, None)
+
     @property
     def embedder(self) -> Embedder:
+        if self._elder is not None:
+            return self._elder.embedder
         with self._load_lock:
             if self._embedder is None:
                 self._embedder = Embedder(
@@ -131,6 +175,8 @@ class RAG:
 
     @property
     def generator(self) -> Generator:
+        if self._elder is not None:
+            return self._elder.generator
         with self._load_lock:
             if self._generator is None and self.settings.backend != "llama-cpp":
                 # Another engine generates; retrieval, prompt and citations stay the same.
@@ -144,6 +190,8 @@ class RAG:
     @property
     def cross_encoder(self) -> Any:
         """The re-ranker of the `reranker` setting (None when it is empty)."""
+        if self._elder is not None:
+            return self._elder.cross_encoder
         with self._load_lock:
             if self._cross_encoder is None and self.settings.reranker:
                 self._cross_encoder = load_cross_encoder(self.settings.reranker)
@@ -151,11 +199,13 @@ class RAG:
 
     def snapshot(self) -> Snapshot | None:
         """The live generation, reopened when a writer has committed a new one."""
-        root = Path(self.settings.index)
+        root = self.settings.folder
         try:
             pointer = (root / CURRENT).read_text(encoding="ascii", errors="replace")
         except FileNotFoundError:
             pointer = ""
+            if not K.exists(self.settings.index, self.settings.collection):
+                raise K.missing(self.settings.index, self.settings.collection) from None
         with self._load_lock:
             if self._snapshot is not None and pointer == self._pointer:
                 return self._snapshot
@@ -215,10 +265,15 @@ class RAG:
     def stats(self) -> dict[str, Any]:
         snap = self.snapshot()
         if snap is None:
-            return {"index": str(self.settings.index), "articles": 0, "chunks": 0}
+            return {"index": str(self.settings.folder), "articles": 0, "chunks": 0}
         return snap.stats()
 
     # -- questions ---------------------------------------------------------------------
+
+    def empty_message(self) -> str:
+        """What is said when this collection holds no articles."""
+        name = self.settings.collection
+        return EMPTY_INDEX if name == K.DEFAULT else EMPTY_COLLECTION.format(name)
 
     def check_question(self, question: str) -> str:
         """The question cleaned of control characters; raises on empty or too long."""
@@ -295,7 +350,7 @@ class RAG:
         none = S.Answerability(0.0, 0.0, 0.0)
         snap = self.snapshot()
         if snap is None or len(snap) == 0:
-            return [], EMPTY_INDEX, none
+            return [], self.empty_message(), none
         if ids:
             missing = [i for i in ids if snap.article(i) is None]
             if missing:
@@ -555,7 +610,7 @@ class RAG:
         """The saved conversations of this index (`rag.chats`)."""
         with self._load_lock:
             if self._chats is None:
-                self._chats = Chats(self.settings.index)
+                self._chats = Chats(self.settings.folder)
             return self._chats
 
     def standalone_query(self, question: str, history: Sequence[Message]) -> str:
@@ -734,7 +789,7 @@ class AnswerStream:
         if not self.sources or (weak and not digest):
             # Evidence too weak to answer from: say so without spending the model's time.
             if snap is None:
-                msg = EMPTY_INDEX
+                msg = self.rag.empty_message()
             elif not self.sources and when is not None and when.bounded and when.applied:
                 msg = NO_ARTICLE.format(when.span())
                 if self.filters is not None and self.filters.active:
@@ -1228,8 +1283,10 @@ def ask(question: str, *, filters: Filters | Mapping[str, Any] | None = None, **
     settings = Settings.load(**kwargs)
     if filters is not None and not isinstance(filters, Filters):
         filters = Filters.from_dict(filters)
+    # One RAG per root: the collections under it share its models.
+    root = settings.with_(collection=K.DEFAULT)
     with _default_lock:
-        rag = _default.get(settings)
+        rag = _default.get(root)
         if rag is None:
-            rag = _default[settings] = RAG(settings)
-    return rag.ask(question, filters=filters)
+            rag = _default[root] = RAG(root)
+    return rag.collection(settings.collection).ask(question, filters=filters)

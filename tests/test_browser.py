@@ -344,3 +344,53 @@ def test_a_saved_chat_reopens_after_a_restart_and_goes_on(tmp_path, real_embedde
     assert [t.question for t in saved.turns] == [QUESTION, "On what condition?"]
     # The reopened conversation reached the follow-up's search (a rewrite, or the subject).
     assert saved.turns[1].record["query"] != "On what condition?"
+
+
+def test_choosing_a_collection_switches_the_library_and_the_answers(tmp_path, real_embedder, real_generator):
+    """The Collection menu beside the header: choosing `hobby` shows its library and answers
+    from its article alone."""
+    from playwright.sync_api import sync_playwright
+
+    r = rag.RAG(rag.Settings(index=tmp_path / "index"), embedder=real_embedder, generator=real_generator)
+    r.ingest([SAMPLE])
+    chess = tmp_path / "chess.md"
+    chess.write_text(
+        "# Ingrid Berg wins the Tromsø chess open\n\nIngrid Berg, a 19-year-old from Bergen, won the "
+        "Tromsø chess open on Sunday with 8 points out of 9.\n",
+        encoding="utf-8",
+    )
+    r.create_collection("hobby").ingest([chess])
+    demo, local_url = launch(r, port=free_port())
+    try:
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
+            try:
+                page = browser.new_page(viewport={"width": 1400, "height": 1000})
+                page.goto(local_url)
+                page.locator("#question textarea").wait_for()
+                page.locator("#collection input").click()
+                page.get_by_role("option", name=re.compile(r"^hobby")).click()
+                page.wait_for_function(
+                    "() => document.body.innerText.includes('in the collection “hobby”')", timeout=30_000
+                )
+                page.get_by_role("tab", name="Library").click()
+                page.wait_for_function(
+                    "() => document.querySelector('#articles')?.innerText.includes('Tromsø chess open')",
+                    timeout=30_000,
+                )
+                assert "russia-us-rare-earths" not in page.locator("#articles").inner_text()
+
+                page.get_by_role("tab", name="Chat").click()
+                box = page.locator("#question textarea")
+                box.fill("Who won the Tromsø chess open?")
+                box.press("Enter")
+                page.wait_for_function(
+                    "() => document.querySelectorAll('#chat .rag-outcome').length >= 1", timeout=120_000
+                )
+                assert "Ingrid Berg" in page.locator(ANSWER).last.inner_text()
+                sources = page.locator("#sources").inner_text()
+                assert "Tromsø chess open" in sources and "russia" not in sources.lower()
+            finally:
+                browser.close()
+    finally:
+        demo.close(verbose=False)

@@ -121,13 +121,33 @@ reveal();
 
 class Engine:
     """The `RAG` behind every session: one model and one gate per process. Loading another
-    model file swaps the object whole, so answers already running finish on the old one."""
+    model file swaps the object whole, so answers already running finish on the old one.
+    Each browser session reads the collection it chose (`of`)."""
 
     def __init__(self, rag_: RAG) -> None:
         self.rag = rag_
         self._swap = threading.Lock()
         self._stops: dict[str, threading.Event] = {}
         self._stops_lock = threading.Lock()
+        # Kept here rather than passed as an input to every event: each of them reads it.
+        self._chosen: dict[str, str] = {}
+
+    def of(self, request: gr.Request | None) -> RAG:
+        """The collection the session of `request` chose (the server's own until it picks one;
+        again the server's own if its collection was deleted meanwhile)."""
+        name = self._chosen.get(_session(request))
+        try:
+            return self.rag.collection(name)
+        except rag.CollectionNotFound:
+            return self.rag
+
+    def choose(self, request: gr.Request | None, name: str) -> RAG:
+        r = self.rag.collection(name)
+        self._chosen[_session(request)] = r.settings.collection
+        return r
+
+    def leave(self, request: gr.Request | None) -> None:
+        self._chosen.pop(_session(request), None)
 
     def load_model(self, model: str) -> RAG:
         with self._swap:
@@ -156,6 +176,16 @@ class Engine:
         with self._stops_lock:
             if self._stops.get(session) is flag:
                 del self._stops[session]
+
+
+def _session(request: gr.Request | None) -> str:
+    return str(getattr(request, "session_hash", None) or "")
+
+
+def collection_choices(r: RAG) -> list[tuple[str, str]]:
+    return [
+        (f"{c.name} ({c.articles} article{'s' if c.articles != 1 else ''})", c.name) for c in r.collections()
+    ]
 
 
 # -- rendering ------------------------------------------------------------------------------
@@ -448,11 +478,17 @@ def _short(path: str) -> str:
 
 def library_line(r: RAG) -> str:
     articles = r.articles()
+    name = r.settings.collection
+    where = "the library" if name == rag.DEFAULT_COLLECTION else f"the collection “{_esc(name)}”"
     if not articles:
-        return EMPTY_LIBRARY
+        return (
+            EMPTY_LIBRARY
+            if name == rag.DEFAULT_COLLECTION
+            else f"No articles in {where} yet: " + (EMPTY_LIBRARY.split(": ", 1)[1])
+        )
     chunks = sum(a.chunks for a in articles)
     return (
-        f"**{len(articles)} article{'s' if len(articles) != 1 else ''}** in the library, "
+        f"**{len(articles)} article{'s' if len(articles) != 1 else ''}** in {where}, "
         f"{chunks} passages · model `{r.settings.model}`"
     )
 
@@ -637,7 +673,7 @@ def build_app(rag_: RAG) -> gr.Blocks:
         """One turn: `question` answered, or with `summarize` (article ids) those articles
         summarised, or with `compare` compared, `question` being the turn's label."""
         turns = list(turns or [])
-        r = engine.rag
+        r = engine.of(request)
         question = (question or "").strip()
         if not question:
             yield outputs(turns, len(turns) - 1 if turns else None, "Type a question about your articles.")
@@ -753,7 +789,7 @@ def build_app(rag_: RAG) -> gr.Blocks:
     ) -> Iterator[tuple[Any, ...]]:
         """The chosen article summarised as a turn of the chat."""
         turns = list(turns or [])
-        found = engine.rag.article(article_id) if article_id else None
+        found = engine.of(request).article(article_id) if article_id else None
         if found is None:
             note = (
                 "Choose an article to summarize."
@@ -795,7 +831,7 @@ def build_app(rag_: RAG) -> gr.Blocks:
     ) -> Iterator[tuple[Any, ...]]:
         """The articles chosen in the library compared, as a turn of the chat."""
         turns = list(turns or [])
-        chosen = [a for a in (engine.rag.article(i) for i in article_ids or ()) if a is not None]
+        chosen = [a for a in (engine.of(request).article(i) for i in article_ids or ()) if a is not None]
         if not 2 <= len(chosen) <= rag.MAX_ARTICLES:
             note = f"Choose 2 to {rag.MAX_ARTICLES} articles to compare ({len(chosen)} chosen)."
             yield outputs(turns, len(turns) - 1 if turns else None, note)
@@ -835,7 +871,7 @@ def build_app(rag_: RAG) -> gr.Blocks:
 
     def saved_chats(current: str | None, request: gr.Request) -> Any:
         """The picker's list, the chat on screen chosen once it is saved."""
-        choices = chat_choices(engine.rag, user_of(request))
+        choices = chat_choices(engine.of(request), user_of(request))
         return gr.update(choices=choices, value=current if any(c[1] == current for c in choices) else None)
 
     def open_chat(chosen: str | None, request: gr.Request) -> tuple[Any, ...]:
@@ -843,7 +879,7 @@ def build_app(rag_: RAG) -> gr.Blocks:
         if not chosen:
             return (*(gr.skip() for _ in range(9)), "Choose a saved chat to open.")
         try:
-            chat = engine.rag.chats.get(chosen, user=user_of(request))
+            chat = engine.of(request).chats.get(chosen, user=user_of(request))
         except rag.RagError as e:
             return (*(gr.skip() for _ in range(9)), f"✗ {e}")
         turns = saved_turns(chat)
@@ -866,21 +902,23 @@ def build_app(rag_: RAG) -> gr.Blocks:
         if not chosen:
             return gr.skip(), "Choose a saved chat to rename."
         try:
-            chat = engine.rag.chats.rename(chosen, title, user=user_of(request))
+            chat = engine.of(request).chats.rename(chosen, title, user=user_of(request))
         except rag.RagError as e:
             return gr.skip(), f"✗ {e}"
-        return gr.update(choices=chat_choices(engine.rag, user_of(request)), value=chat.id), "Renamed."
+        choices = chat_choices(engine.of(request), user_of(request))
+        return gr.update(choices=choices, value=chat.id), "Renamed."
 
     def delete_chat(chosen: str | None, current: str | None, request: gr.Request) -> tuple[Any, Any, str]:
         if not chosen:
             return gr.skip(), gr.skip(), "Choose a saved chat to delete."
         try:
-            engine.rag.chats.delete(chosen, user=user_of(request))
+            engine.of(request).chats.delete(chosen, user=user_of(request))
         except rag.RagError as e:
             return gr.skip(), gr.skip(), f"✗ {e}"
         # The chat on screen stays readable; its next question starts a new saved chat.
         after = None if current == chosen else current
-        return gr.update(choices=chat_choices(engine.rag, user_of(request)), value=None), after, "Deleted."
+        choices = chat_choices(engine.of(request), user_of(request))
+        return gr.update(choices=choices, value=None), after, "Deleted."
 
     def pick_turn(turns: list[Turn] | None, evt: gr.SelectData) -> tuple[str, str, int | None]:
         turns = turns or []
@@ -889,7 +927,9 @@ def build_app(rag_: RAG) -> gr.Blocks:
         shown = owners[at] if isinstance(at, int) and 0 <= at < len(owners) else None
         return sources_html(turns, shown), query_text(turns, shown), shown
 
-    def open_source(turns: list[Turn] | None, evt: gr.EventData) -> tuple[str, str | None]:
+    def open_source(
+        turns: list[Turn] | None, evt: gr.EventData, request: gr.Request
+    ) -> tuple[str, str | None]:
         """The article of the clicked passage, and its id (what Summarize would summarise)."""
         turns = turns or []
         try:
@@ -900,14 +940,14 @@ def build_app(rag_: RAG) -> gr.Blocks:
         source = next((x for x in turn["sources"] if x["n"] == n), None)
         if source is None:
             return ARTICLE_PLACEHOLDER, None
-        found = engine.rag.article(source["article_id"])
+        found = engine.of(request).article(source["article_id"])
         if found is None:
             return '<div class="rag-hint">This article is no longer in the library.</div>', None
         info, text = found
         return article_html(info, text, source), info.id
 
-    def library() -> tuple[str, dict[str, Any], Any, Any, Any, Any]:
-        r = engine.rag
+    def library(request: gr.Request) -> tuple[str, dict[str, Any], Any, Any, Any, Any]:
+        r = engine.of(request)
         return (
             library_line(r),
             library_table(r),
@@ -919,80 +959,123 @@ def build_app(rag_: RAG) -> gr.Blocks:
 
     def add_articles(
         files: list[str] | None,
+        request: gr.Request,
         progress: gr.Progress = gr.Progress(),  # noqa: B008 - Gradio's way to ask for a progress bar
     ) -> tuple[Any, ...]:
         if not files:
-            return (None, "Choose one or more files to add.", *library())
+            return (None, "Choose one or more files to add.", *library(request))
 
         def embedded(done: int, total: int) -> None:
             progress((done, total), desc="Embedding passages", unit="passages")
 
         progress(0, desc=f"Reading {len(files)} file{'s' if len(files) != 1 else ''}")
-        kept = keep_uploads(files, Path(engine.rag.settings.index) / "uploads")
+        r = engine.of(request)
+        kept = keep_uploads(files, r.settings.folder / "uploads")
         try:
-            report = engine.rag.ingest([str(f) for f in kept], progress=embedded)
+            report = r.ingest([str(f) for f in kept], progress=embedded)
         except rag.RagError as e:
-            return (None, f"✗ {e}", *library())
+            return (None, f"✗ {e}", *library(request))
         for path, _ in report.failed:
             Path(path).unlink(missing_ok=True)
         log.info("ingested %d uploads: %s", len(files), ingest_report(report).replace("\n\n", "; "))
-        return (None, ingest_report(report), *library())
+        return (None, ingest_report(report), *library(request))
 
     def add_urls(
         text: str | None,
+        request: gr.Request,
         progress: gr.Progress = gr.Progress(),  # noqa: B008 - Gradio's way to ask for a progress bar
     ) -> tuple[Any, ...]:
         urls = [u.strip() for u in re.split(r"[\s,]+", text or "") if u.strip()]
         if not urls:
-            return (text, "Paste the address of a page or of an RSS/Atom feed.", *library())
+            return (text, "Paste the address of a page or of an RSS/Atom feed.", *library(request))
         bad = [u for u in urls if not u.lower().startswith(("http://", "https://"))]
         if bad:
-            return (text, f"✗ {_esc(bad[0])}: give a full web address, starting with https://", *library())
+            note = f"✗ {_esc(bad[0])}: give a full web address, starting with https://"
+            return (text, note, *library(request))
 
         def embedded(done: int, total: int) -> None:
             progress((done, total), desc="Embedding passages", unit="passages")
 
         progress(0, desc=f"Fetching {len(urls)} address{'es' if len(urls) != 1 else ''}")
         try:
-            report = engine.rag.ingest(urls, progress=embedded)
+            report = engine.of(request).ingest(urls, progress=embedded)
         except rag.RagError as e:
-            return (text, f"✗ {e}", *library())
+            return (text, f"✗ {e}", *library(request))
         log.info("ingested %d URLs: %s", len(urls), ingest_report(report).replace("\n\n", "; "))
-        return ("" if report.ok else text, ingest_report(report), *library())
+        return ("" if report.ok else text, ingest_report(report), *library(request))
 
-    def refresh(seen: str) -> tuple[Any, ...]:
+    def refresh(seen: str, request: gr.Request) -> tuple[Any, ...]:
         # Another writer (a watch pass, `rag ingest`) committed: show the new library.
-        now = str(engine.rag.stats().get("generation", ""))
+        now = str(engine.of(request).stats().get("generation", ""))
         if now == seen:
             return (seen, *(gr.skip() for _ in range(5)))
-        return (now, *library())
+        return (now, *library(request))
 
-    def remove_article(article_id: str | None) -> tuple[Any, ...]:
+    def remove_article(article_id: str | None, request: gr.Request) -> tuple[Any, ...]:
         if not article_id:
-            return ("Choose an article to remove.", *library())
-        r = engine.rag
+            return ("Choose an article to remove.", *library(request))
+        r = engine.of(request)
         found = r.article(article_id)
         try:
             missing = r.remove([article_id])
         except rag.RagError as e:
-            return (f"✗ {e}", *library())
+            return (f"✗ {e}", *library(request))
         if missing:
-            return (f"✗ No article with id {article_id} in the library.", *library())
+            return (f"✗ No article with id {article_id} in the library.", *library(request))
         title = found[0].title if found else article_id
-        return (f"Removed “{title}”.", *library())
+        return (f"Removed “{title}”.", *library(request))
 
-    def load_model(model: str) -> tuple[str, str]:
+    def load_model(model: str, request: gr.Request) -> tuple[str, str]:
         model = (model or "").strip()
         if not model:
-            return f"Model: `{engine.rag.settings.model}`", library_line(engine.rag)
+            return f"Model: `{engine.rag.settings.model}`", library_line(engine.of(request))
         try:
             r = engine.load_model(model)
         except rag.RagError as e:
             return (
                 f"✗ {e}\n\nStill using `{engine.rag.settings.model}`.",
-                library_line(engine.rag),
+                library_line(engine.of(request)),
             )
-        return f"✓ Model `{r.settings.model}` loaded.", library_line(r)
+        return f"✓ Model `{r.settings.model}` loaded.", library_line(engine.of(request))
+
+    def switch_collection(name: str | None, request: gr.Request) -> tuple[Any, ...]:
+        """Another collection: a new chat over it, its saved chats, library and filters."""
+        try:
+            r = engine.choose(request, name or rag_.settings.collection)
+        except rag.RagError as e:
+            return (*(gr.skip() for _ in range(9)), gr.skip(), f"✗ {e}", *(gr.skip() for _ in range(7)))
+        line, table, chosen, _, _, comparing = library(request)
+        return (
+            *new_chat(),
+            gr.update(choices=chat_choices(r, user_of(request)), value=None),
+            "",
+            str(r.stats().get("generation", "")),
+            line,
+            table,
+            chosen,
+            # The other collection's sources and articles are not this one's: filters cleared.
+            gr.update(choices=source_choices(r), value=[]),
+            gr.update(choices=library_choices(r), value=[]),
+            comparing,
+        )
+
+    def collections_list(request: gr.Request) -> Any:
+        return gr.update(choices=collection_choices(engine.rag), value=engine.of(request).settings.collection)
+
+    def create_collection(name: str | None, request: gr.Request) -> tuple[Any, Any, str]:
+        name = (name or "").strip()
+        if not name:
+            return gr.skip(), gr.skip(), "Type a name for the new collection."
+        try:
+            r = engine.rag.create_collection(name)
+        except rag.RagError as e:
+            return gr.skip(), gr.skip(), f"✗ {e}"
+        engine.choose(request, r.settings.collection)
+        return (
+            gr.update(choices=collection_choices(engine.rag), value=r.settings.collection),
+            "",
+            f"Created the collection “{_esc(name)}”: add articles to it here.",
+        )
 
     with gr.Blocks(
         title="Chat with your articles", analytics_enabled=False, delete_cache=(3600, 3600)
@@ -1002,7 +1085,17 @@ def build_app(rag_: RAG) -> gr.Blocks:
         # The saved chat the conversation on screen goes to (None: a new one at its first turn).
         chat_id = gr.State(None)
         gr.Markdown("## Chat with your articles")
-        header = gr.Markdown(library_line(rag_))
+        with gr.Row(equal_height=True):
+            header = gr.Markdown(library_line(rag_))
+            # The chat, the saved chats, the library and the filters all follow it.
+            collection = gr.Dropdown(
+                choices=collection_choices(rag_),
+                value=rag_.settings.collection,
+                label="Collection",
+                scale=0,
+                min_width=220,
+                elem_id="collection",
+            )
         with gr.Tabs() as tabs:
             with gr.Tab("Chat", id="chat"), gr.Row(equal_height=False):
                 with gr.Column(scale=3, min_width=420):
@@ -1137,6 +1230,14 @@ def build_app(rag_: RAG) -> gr.Blocks:
                     )
                     fetch_btn = gr.Button("Fetch", scale=1, min_width=90, elem_id="fetch")
                 report = gr.Markdown("", elem_id="ingest-report")
+                with gr.Row(equal_height=True):
+                    new_name = gr.Textbox(
+                        label="New collection (its own articles and chats)",
+                        placeholder="e.g. work",
+                        scale=5,
+                        elem_id="new-collection",
+                    )
+                    create_btn = gr.Button("Create", scale=1, min_width=90, elem_id="create-collection")
                 generation = gr.State(str(rag_.stats().get("generation", "")))
                 table = gr.Dataframe(
                     value=library_table(rag_),
@@ -1312,7 +1413,40 @@ def build_app(rag_: RAG) -> gr.Blocks:
             outputs=[model_status, header],
             api_name="load_model",
         )
+        switched = [
+            chatbot,
+            turns,
+            sources,
+            query,
+            status,
+            timings,
+            shown,
+            viewer,
+            chat_id,
+            past,
+            chats_status,
+            generation,
+            *library_outputs,
+        ]
+        collection.input(
+            switch_collection,
+            inputs=[collection],
+            outputs=switched,
+            cancels=[asking, untimed, *summarizing],
+            api_name="switch_collection",
+        ).then(lambda: None, outputs=[viewing], api_visibility="private")
+        gr.on(
+            [create_btn.click, new_name.submit],
+            create_collection,
+            inputs=[new_name],
+            outputs=[collection, new_name, report],
+            api_name="create_collection",
+        ).success(switch_collection, inputs=[collection], outputs=switched, api_visibility="private").then(
+            lambda: None, outputs=[viewing], api_visibility="private"
+        )
         demo.load(library, outputs=library_outputs, api_name="library")
+        demo.load(collections_list, outputs=[collection], api_name="collections")
+        demo.unload(engine.leave)
         demo.load(saved_chats, inputs=[chat_id], outputs=[past], api_name="saved_chats")
         # A finished turn is in the saved chats: the picker shows it.
         for answered in (asking, untimed):

@@ -34,7 +34,28 @@ def _settings_options(*names: str) -> Callable[[F], F]:
         "embed_backend": click.option(
             "--embed-backend",
             type=click.Choice(EMBED_BACKENDS),
-            help="What runs the embedder [env RAG_EMBED_BACKEND].",
+            help="What runs the embedder: in process, or an OpenAI-compatible /v1/embeddings "
+            "endpoint (openai) [env RAG_EMBED_BACKEND].",
+        ),
+        "embed_base_url": click.option(
+            "--embed-base-url",
+            metavar="URL",
+            help="With --embed-backend openai: the endpoint's API root, e.g. http://127.0.0.1:8080/v1 "
+            "[env RAG_EMBED_BASE_URL].",
+        ),
+        "embed_model": click.option(
+            "--embed-model",
+            metavar="NAME",
+            help="Model name on that endpoint [env RAG_EMBED_MODEL; default: the --embedder name].",
+        ),
+        "embed_api_key": click.option(
+            "--embed-api-key", metavar="KEY", help="The endpoint's key; prefer the env var RAG_EMBED_API_KEY."
+        ),
+        "embed_timeout": click.option(
+            "--embed-timeout",
+            type=float,
+            metavar="SECONDS",
+            help="Wait this long for each batch of embeddings [env RAG_EMBED_TIMEOUT].",
         ),
         "model": click.option(
             "--model", help="GGUF path or bundled alias (smollm2, qwen2.5-0.5b) [env RAG_MODEL]."
@@ -115,7 +136,7 @@ def _settings_options(*names: str) -> Callable[[F], F]:
     }
 
     def deco(fn: F) -> F:
-        for name in reversed(_with_collection(names)):
+        for name in reversed(_with_companions(names)):
             fn = options[name](fn)
         return fn
 
@@ -170,14 +191,24 @@ def _handle_errors(fn: F) -> F:
     return wrapper
 
 
-def _with_collection(names: tuple[str, ...]) -> tuple[str, ...]:
-    # Whatever names the index folder picks the collection in it too.
-    return (*names, "collection") if "index" in names and "collection" not in names else names
+# Options that come with another wherever it is taken: the index folder with the collection
+# in it, the embed backend with where the remote one is.
+_COMPANIONS = {
+    "index": ("collection",),
+    "embed_backend": ("embed_base_url", "embed_model", "embed_api_key", "embed_timeout"),
+}
+
+
+def _with_companions(names: tuple[str, ...]) -> tuple[str, ...]:
+    extra = [c for n in names for c in _COMPANIONS.get(n, ()) if c not in names]
+    return (*names, *dict.fromkeys(extra))
 
 
 def _split(kwargs: dict[str, Any], *names: str) -> Settings:
-    return Settings.load(**{n: kwargs.pop(n) for n in _with_collection(names) if n in kwargs})
+    return Settings.load(**{n: kwargs.pop(n) for n in _with_companions(names) if n in kwargs})
 
+
+BENCH_SECTIONS = ("ingest", "query", "startup", "scale", "web", "remote")
 
 SETTING_NAMES = (
     "index",
@@ -699,7 +730,7 @@ def serve(
 ) -> None:
     """Serve the chat UI and the HTTP API (/v1, OpenAI-compatible) on http://HOST:PORT:
     one process, one model, one queue."""
-    from ui.app import serve as run_server
+    from ui.serving import serve as run_server
 
     from .watch import parse_interval
 
@@ -1023,9 +1054,9 @@ def models(assemble: bool) -> None:
 @click.option("--ann-threshold", type=int, help="Vectors from which the store uses IVF [default 20000].")
 @click.option(
     "--only",
-    type=click.Choice(["ingest", "query", "startup", "scale", "web"]),
+    type=click.Choice(list(BENCH_SECTIONS)),
     multiple=True,
-    help="Run only these sections (repeatable).",
+    help="Run only these sections (repeatable; --quick leaves out remote unless named).",
 )
 @_handle_errors
 def bench(
@@ -1063,7 +1094,8 @@ def bench(
         questions=questions,
         sizes=size_list,
         repeat=repeat,
-        sections=only or ("ingest", "query", "startup", "scale", "web"),
+        # The remote section starts a second server: too slow for --quick unless asked for.
+        sections=only or tuple(x for x in BENCH_SECTIONS if not (quick and x == "remote")),
     )
     bars: dict[str, Any] = {}
 

@@ -1,4 +1,5 @@
-"""The sentence-transformers embedder: bundled default, any name or path, offline."""
+"""Embedders: a sentence-transformers model in process (bundled default, any name or path,
+offline, on torch or OpenVINO), or any OpenAI-compatible `/v1/embeddings` endpoint."""
 
 from __future__ import annotations
 
@@ -10,11 +11,15 @@ import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlparse
 
-from .errors import ModelError
+from .errors import BackendError, ConfigError, ModelError
 
 if TYPE_CHECKING:
+    import httpx
     import numpy as np
+
+    from .settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -76,13 +81,30 @@ def resolve_embedder(name: str) -> tuple[str, str]:
 
 
 class Encoder:
-    """What every embedder shares over its `encode`: the probe an index records, and the
-    check of another backend against it."""
+    """What every embedder shares over its `encode`: the tokenizer chunking counts with,
+    the probe an index records, and the check of another backend against it."""
 
     backend = "torch"
+    name: str
+    dimension: int
+    max_seq_length: int
+    tokenizer: Any
 
     def encode(self, texts: Sequence[str], *, progress: Progress | None = None) -> np.ndarray:
         raise NotImplementedError
+
+    def encode_query(self, text: str) -> np.ndarray:
+        return self.encode([text])[0]
+
+    def token_offsets(self, text: str) -> list[tuple[int, int]]:
+        """Character spans of the word pieces of `text`, special tokens excluded."""
+        enc = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True, verbose=False)
+        return [tuple(o) for o in enc["offset_mapping"]]  # type: ignore[misc]
+
+    def count_tokens(self, texts: Sequence[str]) -> list[int]:
+        """Word pieces per text, special tokens included (what the model reads)."""
+        enc = self.tokenizer(list(texts), add_special_tokens=True, verbose=False)
+        return [len(ids) for ids in enc["input_ids"]]
 
     def probe(self) -> dict[str, Any]:
         """What an index records of this embedder to check another backend against."""
@@ -141,17 +163,7 @@ class Embedder(Encoder):
             raise ModelError(f"embedder {name!r} reports no embedding dimension")
         self.dimension: int = int(dim)
         self.max_seq_length: int = int(self.model.max_seq_length or 512)
-        self.tokenizer: Any = self.model.tokenizer
-
-    def token_offsets(self, text: str) -> list[tuple[int, int]]:
-        """Character spans of the word pieces of `text`, special tokens excluded."""
-        enc = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True, verbose=False)
-        return [tuple(o) for o in enc["offset_mapping"]]  # type: ignore[misc]
-
-    def count_tokens(self, texts: Sequence[str]) -> list[int]:
-        """Word pieces per text, special tokens included (what the model reads)."""
-        enc = self.tokenizer(list(texts), add_special_tokens=True, verbose=False)
-        return [len(ids) for ids in enc["input_ids"]]
+        self.tokenizer = self.model.tokenizer
 
     def encode(self, texts: Sequence[str], *, progress: Progress | None = None) -> np.ndarray:
         """Normalised vectors, shape (len(texts), dimension), float32."""
@@ -182,9 +194,6 @@ class Embedder(Encoder):
             if progress:
                 progress(done, n)
         return out
-
-    def encode_query(self, text: str) -> np.ndarray:
-        return self.encode([text])[0]
 
 
 def _openvino_model(identity: str, target: str) -> Any:
@@ -224,6 +233,232 @@ def _openvino_model(identity: str, target: str) -> Any:
         return SentenceTransformer(str(folder), device="cpu", backend="openvino", model_kwargs=kwargs)
     finally:
         quiet.setLevel(level)
+
+
+# Statuses worth another try: the server is busy or restarting, not refusing the request.
+_RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
+
+
+class RemoteEmbedder(Encoder):
+    """Vectors from an OpenAI-compatible `/v1/embeddings` endpoint (Text Embeddings
+    Inference, vLLM, Infinity, llama.cpp's server, or another `rag serve`), so that a
+    machine with a GPU can embed for many ingest workers.
+
+    Chunking still counts tokens here, with the tokenizer of `tokenizer_from` (a local
+    copy of the served model: the bundled one by default), and the vectors are normalised
+    here, so an index built through the endpoint is searched the same way as one built in
+    process; the probe an index records proves the two agree (`Encoder.agreement`).
+
+    Args:
+        base_url: the API root, e.g. `http://127.0.0.1:8080/v1` (`/v1` is added to a bare host).
+        model: the served model's name, sent with every request and recorded in the index.
+        tokenizer_from: a sentence-transformers name or path whose tokenizer chunking uses.
+        api_key: sent as `Authorization: Bearer`, if any.
+        timeout: seconds to connect, and to wait for each batch.
+        batch_size: texts per request.
+        retries: further tries of a batch the server failed (busy, restarting, unreachable),
+            each after twice the last wait, from `backoff` seconds.
+    """
+
+    backend = "openai"
+
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        model: str = BUNDLED_EMBEDDER,
+        tokenizer_from: str = BUNDLED_EMBEDDER,
+        api_key: str = "",
+        timeout: float = 60.0,
+        batch_size: int = 128,
+        retries: int = 4,
+        backoff: float = 0.5,
+    ) -> None:
+        parsed = urlparse(base_url.strip())
+        if parsed.scheme not in ("http", "https") or not parsed.netloc:
+            raise ConfigError(
+                f"embed_base_url must be an http(s) URL like http://127.0.0.1:8080/v1, got {base_url!r}"
+            )
+        if not timeout or timeout <= 0:
+            raise ConfigError(f"embed_timeout must be a positive number of seconds, got {timeout!r}")
+        url = base_url.strip().rstrip("/")
+        # Every engine serves the API under /v1; a bare host:port means that.
+        self.base_url = url if parsed.path.strip("/") else url + "/v1"
+        self.model = model
+        self.name = resolve_embedder(model)[0] if model.lower() in _BUNDLED_ALIASES else model
+        self.timeout = float(timeout)
+        self.batch_size = batch_size
+        self.retries = retries
+        self.backoff = backoff
+        self._headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self._client: httpx.Client | None = None
+        self._client_lock = threading.Lock()
+        self.tokenizer, self.max_seq_length = _local_tokenizer(tokenizer_from)
+        # One short request: the dimension, and a clear error now if nothing answers there.
+        self.dimension = int(self._batch(["dimension"]).shape[1])
+
+    def _http(self) -> httpx.Client:
+        import httpx
+
+        with self._client_lock:
+            if self._client is None:
+                self._client = httpx.Client(
+                    timeout=httpx.Timeout(self.timeout, connect=min(self.timeout, 10.0)),
+                    headers=self._headers,
+                )
+            return self._client
+
+    def close(self) -> None:
+        with self._client_lock:
+            if self._client is not None:
+                self._client.close()
+                self._client = None
+
+    def encode(self, texts: Sequence[str], *, progress: Progress | None = None) -> np.ndarray:
+        """Normalised vectors, shape (len(texts), dimension), float32, `batch_size` a request."""
+        import numpy as np
+
+        out = np.zeros((len(texts), getattr(self, "dimension", 0)), dtype=np.float32)
+        for lo in range(0, len(texts), self.batch_size):
+            out[lo : lo + self.batch_size] = self._batch(list(texts[lo : lo + self.batch_size]))
+            if progress:
+                progress(min(lo + self.batch_size, len(texts)), len(texts))
+        return out
+
+    def _batch(self, texts: list[str]) -> np.ndarray:
+        import time
+
+        import httpx
+
+        # Empty strings are refused by some engines; a space embeds as "nothing" everywhere.
+        inputs = [t if t.strip() else " " for t in texts]
+        body = {"model": self.model, "input": inputs, "encoding_format": "float"}
+        wait = self.backoff
+        for attempt in range(self.retries + 1):
+            last = attempt == self.retries
+            try:
+                response = self._http().post(f"{self.base_url}/embeddings", json=body)
+            except httpx.HTTPError as e:
+                if last:
+                    raise self._failure(e) from None
+                log.warning("embedding server %s: %s; retrying in %.1f s", self.base_url, e, wait)
+            else:
+                if response.status_code == 200:
+                    return self._vectors(response, len(texts))
+                if last or response.status_code not in _RETRY_STATUSES:
+                    raise self._refusal(response)
+                after = response.headers.get("retry-after", "")
+                wait = max(wait, min(float(after), 30.0)) if after.replace(".", "", 1).isdigit() else wait
+                status = response.status_code
+                log.warning(
+                    "embedding server %s answered %d; retrying in %.1f s", self.base_url, status, wait
+                )
+            time.sleep(wait)
+            wait *= 2
+        raise AssertionError("unreachable")  # the last attempt returns or raises
+
+    def _vectors(self, response: httpx.Response, n: int) -> np.ndarray:
+        import numpy as np
+
+        try:
+            data = sorted(response.json()["data"], key=lambda d: int(d["index"]))
+            vectors = np.asarray([d["embedding"] for d in data], dtype=np.float32)
+        except (ValueError, KeyError, TypeError) as e:
+            raise BackendError(
+                f"the embedding server at {self.base_url} sent no embeddings list ({type(e).__name__}: {e}); "
+                "is embed_base_url an OpenAI-compatible /v1 root?"
+            ) from None
+        if vectors.ndim != 2 or len(vectors) != n:
+            raise BackendError(
+                f"the embedding server at {self.base_url} sent {len(vectors)} vectors for {n} texts"
+            )
+        if getattr(self, "dimension", vectors.shape[1]) != vectors.shape[1]:
+            raise BackendError(
+                f"the embedding server at {self.base_url} sent vectors of dimension {vectors.shape[1]}, "
+                f"not {self.dimension} as before; has the served model changed?"
+            )
+        norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+        return vectors / np.where(norms > 0, norms, 1.0)
+
+    def _failure(self, e: Exception) -> BackendError:
+        import httpx
+
+        if isinstance(e, httpx.TimeoutException):
+            return BackendError(
+                f"the embedding server at {self.base_url} did not answer within {self.timeout:g} s "
+                f"after {self.retries + 1} tries; is it overloaded? (raise embed_timeout, RAG_EMBED_TIMEOUT)",
+                timed_out=True,
+            )
+        return BackendError(
+            f"cannot reach the embedding server at {self.base_url} ({e or type(e).__name__}) after "
+            f"{self.retries + 1} tries; is it running? (the embed_base_url setting, RAG_EMBED_BASE_URL, "
+            "--embed-base-url)"
+        )
+
+    def _refusal(self, response: httpx.Response) -> BackendError:
+        try:
+            body = response.json()
+            error = body.get("error", body) if isinstance(body, dict) else body
+            detail = (error.get("message") or error.get("detail")) if isinstance(error, dict) else error
+        except ValueError:
+            detail = response.text[:300]
+        hint = ""
+        if response.status_code in (401, 403):
+            hint = " (check the embed_api_key setting, RAG_EMBED_API_KEY)"
+        elif response.status_code == 404:
+            hint = " (check embed_base_url ends in /v1 and embed_model names a served model)"
+        return BackendError(
+            f"the embedding server at {self.base_url} answered {response.status_code}: "
+            f"{str(detail or '').strip()[:500]}{hint}"
+        )
+
+
+def _local_tokenizer(name: str) -> tuple[Any, int]:
+    """The tokenizer of a local sentence-transformers folder (or the bundled model), and the
+    longest input it reads, without loading the model's weights."""
+    import json
+
+    offline()
+    _, target = resolve_embedder(name)
+    folder = Path(target)
+    if not folder.is_dir():
+        log.info("no local copy of %r to count its tokens: counting with the bundled embedder's", name)
+        folder = bundled_embedder_path()
+    try:
+        import transformers.utils.logging as hf_logging
+        from transformers import AutoTokenizer
+
+        hf_logging.disable_progress_bar()
+        tokenizer = AutoTokenizer.from_pretrained(str(folder))
+    except (OSError, ValueError) as e:
+        raise ModelError(
+            f"cannot load the tokenizer of {str(folder)!r} ({type(e).__name__}: {str(e).splitlines()[0]}); "
+            "set embedder to a local sentence-transformers folder of the served model"
+        ) from None
+    longest = 512
+    with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+        config = json.loads((folder / "sentence_bert_config.json").read_text(encoding="utf-8"))
+        longest = int(config["max_seq_length"])
+    return tokenizer, longest
+
+
+def load_embedder(settings: Settings) -> Encoder:
+    """The embedder of the settings: in process (`torch`, `openvino`) or remote (`openai`)."""
+    if settings.embed_backend == "openai":
+        if not settings.embed_base_url:
+            raise ConfigError(
+                "embed_backend openai needs the server's URL: set embed_base_url (RAG_EMBED_BASE_URL, "
+                "--embed-base-url), e.g. http://127.0.0.1:8080/v1"
+            )
+        return RemoteEmbedder(
+            settings.embed_base_url,
+            model=settings.embed_model or settings.embedder,
+            tokenizer_from=settings.embedder,
+            api_key=settings.embed_api_key,
+            timeout=settings.embed_timeout,
+            batch_size=settings.batch_size * 4,
+        )
+    return Embedder(settings.embedder, batch_size=settings.batch_size, backend=settings.embed_backend)
 
 
 def load_cross_encoder(name: str) -> Any:

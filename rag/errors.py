@@ -15,6 +15,15 @@ class ModelError(RagError):
     """A model (embedder or GGUF) could not be found, verified or loaded."""
 
 
+class BackendError(ModelError):
+    """A model server (generation or embeddings) could not be reached, refused the request,
+    or did not answer in time. `timed_out` tells a slow server from a dead or failing one."""
+
+    def __init__(self, message: str, *, timed_out: bool = False) -> None:
+        self.timed_out = timed_out
+        super().__init__(message)
+
+
 class InputError(RagError):
     """One input file or record could not be read; the rest of a batch goes on."""
 

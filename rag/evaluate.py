@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .bench import percentile
+from .bench.measure import percentile
 from .errors import ConfigError
 
 log = logging.getLogger(__name__)

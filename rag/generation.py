@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import urlparse
 
-from .errors import Busy, ConfigError, ModelError
+from .errors import BackendError, Busy, ConfigError, ModelError
 
 if TYPE_CHECKING:
     import httpx
@@ -27,15 +27,6 @@ log = logging.getLogger(__name__)
 Message = dict[str, str]
 
 BACKENDS = ("llama-cpp", "openai")
-
-
-class BackendError(ModelError):
-    """The generation server could not be reached, refused the request, or did not answer
-    in time. `timed_out` tells a slow server from a dead or failing one."""
-
-    def __init__(self, message: str, *, timed_out: bool = False) -> None:
-        self.timed_out = timed_out
-        super().__init__(message)
 
 
 @dataclass(frozen=True)

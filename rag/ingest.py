@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 from . import feeds, web
 from .chunking import chunk_text
 from .dedup import Copies, signature, similarity
-from .embedding import Embedder, Progress
+from .embedding import Encoder, Progress
 from .errors import ConfigError, IndexNotFound, InputError
 from .feeds import FeedState
 from .loaders import discover, load_file
@@ -36,7 +36,7 @@ def embed_text(title: str, chunk: str) -> str:
     return f"{title}\n{chunk}" if title else chunk
 
 
-def chunk_article(article: Article, embedder: Embedder, settings: Settings) -> tuple[list[Chunk], str]:
+def chunk_article(article: Article, embedder: Encoder, settings: Settings) -> tuple[list[Chunk], str]:
     """Chunks of an article sized so that title + chunk fit the embedder, and the
     (possibly shortened) title used in the embedded text."""
     title = article.title
@@ -60,7 +60,7 @@ def ingest(
     paths: Iterable[str | os.PathLike[str]],
     *,
     settings: Settings,
-    embedder: Embedder,
+    embedder: Encoder,
     fields: Mapping[str, str] | None = None,
     rebuild: bool = False,
     prune: bool = False,
@@ -167,14 +167,14 @@ def ingest_articles(
     articles: Iterable[Article | InputError],
     *,
     settings: Settings,
-    embedder: Embedder | None,
+    embedder: Encoder | None,
     rebuild: bool = False,
     progress: Progress | None = None,
     on_error: Callable[[InputError], None] | None = None,
     prune: Sequence[str | os.PathLike[str]] = (),
     remove: Iterable[str] = (),
     state: FeedState | None = None,
-    make_embedder: Callable[[], Embedder] | None = None,
+    make_embedder: Callable[[], Encoder] | None = None,
 ) -> IngestReport:
     """Stage articles (near-duplicates of indexed ones as their copies), removals (`remove`
     ids; with `prune`, articles whose files under those folders are gone) and feed state,
@@ -189,9 +189,9 @@ def ingest_articles(
     copies: list[tuple[str, str]] = []
     removed: list[str] = []
     promoted: list[str] = []
-    made: list[Embedder] = [embedder] if embedder is not None else []
+    made: list[Encoder] = [embedder] if embedder is not None else []
 
-    def the_embedder() -> Embedder:
+    def the_embedder() -> Encoder:
         if not made:
             if make_embedder is None:
                 raise ConfigError("an embedder is needed to index a copy in place of a removed article")
@@ -295,7 +295,7 @@ def ingest_articles(
 
 
 def _transaction(
-    root: Path, settings: Settings, embedder: Callable[[], Embedder], *, rebuild: bool, eager: bool
+    root: Path, settings: Settings, embedder: Callable[[], Encoder], *, rebuild: bool, eager: bool
 ) -> Transaction:
     chunking = {
         "chunk_tokens": settings.chunk_tokens,
@@ -411,7 +411,7 @@ def _pruned(tx: Transaction, folders: Sequence[str | os.PathLike[str]]) -> list[
 
 
 def remove(
-    article_ids: Iterable[str], *, settings: Settings, embedder: Callable[[], Embedder] | None = None
+    article_ids: Iterable[str], *, settings: Settings, embedder: Callable[[], Encoder] | None = None
 ) -> list[str]:
     """Remove articles (or recorded copies) by id; returns the ids that were not in the
     index. A removed article's copy is indexed in its place, with the embedder `embedder` makes."""

@@ -21,7 +21,7 @@ from . import support as S
 from .chats import Chats, check_id, new_id
 from .chunking import split_sentences
 from .collections import CollectionInfo
-from .embedding import Embedder, Progress, load_cross_encoder
+from .embedding import Encoder, Progress, load_cross_encoder, load_embedder
 from .errors import ArticleNotFound, IndexNotFound, InputError, QuestionError, QuestionTooLong, RagError
 from .filters import Filters, article_date
 from .followup import FollowUp
@@ -100,7 +100,7 @@ class RAG:
         self,
         settings: Settings | None = None,
         *,
-        embedder: Embedder | None = None,
+        embedder: Encoder | None = None,
         generator: Generator | None = None,
         gate: Gate | None = None,
         **overrides: Any,
@@ -161,16 +161,12 @@ class RAG:
             elder._family.pop(name, None)
 
     @property
-    def embedder(self) -> Embedder:
+    def embedder(self) -> Encoder:
         if self._elder is not None:
             return self._elder.embedder
         with self._load_lock:
             if self._embedder is None:
-                self._embedder = Embedder(
-                    self.settings.embedder,
-                    batch_size=self.settings.batch_size,
-                    backend=self.settings.embed_backend,
-                )
+                self._embedder = load_embedder(self.settings)
             return self._embedder
 
     @property

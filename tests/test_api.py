@@ -25,7 +25,7 @@ import rag
 from rag.errors import ModelError
 from rag.generation import BackendError, Prompt
 from rag.server import ChatCompletionChunk, create_app
-from ui.app import launch
+from ui.serving import launch
 
 from .conftest import ROOT, SAMPLE, FakeEmbedder
 from .test_ui import answer_of
@@ -989,4 +989,4 @@ def test_openapi_document_holds_under_schemathesis(tmp_path):
     finally:
         server.close()
     assert proc.returncode == 0, proc.stdout[-8000:] + proc.stderr[-2000:]
-    assert "12 selected / 12 total" in proc.stdout
+    assert "13 selected / 13 total" in proc.stdout

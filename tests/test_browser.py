@@ -15,7 +15,7 @@ from urllib.parse import urlparse
 import pytest
 
 import rag
-from ui.app import launch
+from ui.serving import launch
 
 from .conftest import ROOT, SAMPLE
 

@@ -18,7 +18,7 @@ from rag import followup
 from rag.chats import CHATS, Chats, markdown
 from rag.cli import cli
 from rag.generation import Prompt
-from ui.app import launch
+from ui.serving import launch
 
 from .conftest import SAMPLE, FakeEmbedder
 

@@ -12,7 +12,7 @@ import pytest
 
 from rag import errors as rag_errors
 from rag.client import SERVER, Remote, announce, find, withdraw
-from ui.app import launch
+from ui.serving import launch
 
 from .conftest import ROOT, SAMPLE
 from .test_api import QUESTION, CannedGenerator, fake_rag, free_port, rag_serve, stop_server, wait_until_up

@@ -17,7 +17,7 @@ import rag
 from rag import collections as K
 from rag.cli import cli
 from rag.pipeline import EMPTY_COLLECTION
-from ui.app import launch
+from ui.serving import launch
 
 from .conftest import SAMPLE, FakeEmbedder
 from .test_api import QUESTION, CannedGenerator, fake_rag

@@ -19,7 +19,8 @@ from gradio_client import Client
 
 import rag
 from rag.generation import Prompt
-from ui.app import BUSY, launch
+from ui.render import BUSY
+from ui.serving import launch
 
 from .conftest import ROOT, SAMPLE, FakeEmbedder
 from .test_api import CannedGenerator

@@ -23,7 +23,7 @@ import pytest
 import rag
 from rag.generation import BackendError, OpenAIGenerator, estimate_tokens
 from rag.models import resolve_model
-from ui.app import launch
+from ui.serving import launch
 
 from .conftest import SAMPLE, SHARED
 

@@ -16,7 +16,8 @@ import pytest
 from gradio_client import Client, handle_file
 
 import rag
-from ui.app import BUSY, EMPTY_LIBRARY, NOT_FOUND, launch
+from ui.render import BUSY, EMPTY_LIBRARY, NOT_FOUND
+from ui.serving import launch
 
 from .conftest import SAMPLE
 
@@ -231,7 +232,7 @@ def test_upload_lists_the_article_and_remove_drops_it(client, tmp_path):
 
 
 def test_add_by_url_fetches_pages_and_feeds_and_shows_copies_under_the_source(client, served):
-    from ui.app import sources_html
+    from ui.render import sources_html
 
     from . import webserver
 

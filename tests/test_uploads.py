@@ -17,7 +17,8 @@ from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 
 import rag
-from ui.app import keep_uploads, launch
+from ui.handlers import keep_uploads
+from ui.serving import launch
 
 from .test_api import fake_rag
 from .test_ui import free_port

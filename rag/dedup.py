@@ -42,6 +42,22 @@ def signature(text: str) -> np.ndarray | None:
     return m.hashvalues.astype(np.uint64)
 
 
+# The index keeps each signature's LSH band keys (datasketch's banding, kept in SQLite
+# instead of in memory, so a new article meets its candidates without reading every
+# signature): 37 bands of 3 rows, datasketch's own choice for the lowest threshold one would
+# set (0.3), which finds a pair of Jaccard 0.5 with probability 0.993 and an unrelated pair
+# (0.05) with 0.005; every candidate is then checked against the threshold.
+BANDS = 37
+ROWS = 3
+
+
+def band_keys(sig: np.ndarray) -> list[str]:
+    """The LSH band keys of a signature: two signatures share one when a band agrees."""
+    raw = sig[: BANDS * ROWS].astype("<u8").tobytes().hex()
+    step = ROWS * 16  # hex digits of one band
+    return [f"{b:02d}{raw[b * step : (b + 1) * step]}" for b in range(BANDS)]
+
+
 def similarity(a: np.ndarray, b: np.ndarray) -> float:
     """Estimated Jaccard similarity of two signatures."""
     return float(np.mean(a == b))

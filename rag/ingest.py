@@ -328,8 +328,8 @@ def _transaction(
 
 
 class _Originals:
-    """The indexed articles a new one may copy: an LSH index over their signatures, read
-    from the index the first time an article needs it."""
+    """The indexed articles a new one may copy: candidates from the index's LSH band keys
+    (read per article, not all at once), and the articles of this batch in memory."""
 
     def __init__(self, tx: Transaction, threshold: float) -> None:
         self.tx = tx
@@ -341,9 +341,6 @@ class _Originals:
     def _index(self) -> Copies:
         if self._copies is None:
             self._copies = Copies(self.threshold)
-            if self.tx.base is not None:
-                for aid, sig in self.tx.base.signatures():
-                    self._copies.add(aid, sig)
         return self._copies
 
     def match(self, article: Article) -> tuple[np.ndarray | None, tuple[str, float] | None]:
@@ -353,6 +350,14 @@ class _Originals:
         found = self._index().original(sig, exclude=[article.id])
         if found is not None and found[0] not in self._batch and not self.tx.is_indexed(found[0]):
             found = None
+        if self.tx.base is not None:
+            for aid, other in self.tx.base.near(sig).items():
+                if aid == article.id or aid in self._batch or not self.tx.is_indexed(aid):
+                    continue
+                s = similarity(sig, other)
+                # The most similar wins; among equals, the smallest id (as `Copies.original`).
+                if s >= self.threshold and (found is None or (-s, aid) < (-found[1], found[0])):
+                    found = (aid, s)
         return sig, found
 
     def add(self, article_id: str, sig: np.ndarray | None) -> None:

@@ -206,7 +206,8 @@ class RAG:
             if self._snapshot is not None and pointer == self._pointer:
                 return self._snapshot
             try:
-                snap = Snapshot.open(root)
+                # Segments the new generation keeps are not read again.
+                snap = Snapshot.open(root, previous=self._snapshot)
             except IndexNotFound:
                 self._snapshot, self._pointer = None, pointer
                 return None
@@ -249,6 +250,14 @@ class RAG:
         """Remove articles (or recorded copies); returns the ids that were not found. A
         removed article's syndicated copy is indexed in its place."""
         return _remove(article_ids, settings=self.settings, embedder=lambda: self.embedder)
+
+    def compact(self, *, everything: bool = False) -> str | None:
+        """Fold the index's segments together (see `rag.store.compact`): every one but the
+        largest, or with `everything` all into one. Returns the new generation, or None when
+        there was nothing to fold."""
+        from .store import compact
+
+        return compact(self.settings.folder, everything=everything, ann_threshold=self.settings.ann_threshold)
 
     def articles(self) -> list[ArticleInfo]:
         snap = self.snapshot()

@@ -84,9 +84,20 @@ class Watcher:
             log.info("watch pass %d: nothing changed", self.passes)
         for path, reason in report.failed:
             log.warning("watch: %s: %s", path, reason)
+        if report.changed:
+            self._compact_if_wanted()
         if self.on_pass is not None:
             self.on_pass(report)
         return report
+
+    def _compact_if_wanted(self) -> None:
+        # Passes add small segments; between passes is when folding them costs nobody a wait.
+        from .store import wants_compaction
+
+        snap = self.rag.snapshot()
+        if snap is not None and wants_compaction(snap):
+            gen = self.rag.compact()
+            log.warning("watch pass %d: segments folded together (%s)", self.passes, gen)
 
     def run(self, passes: int | None = None) -> None:
         """Pass after pass until `stop()` (or `passes` passes); a pass that fails as a whole

@@ -31,7 +31,29 @@ def exact_top(vectors: np.ndarray, ids: np.ndarray, q: np.ndarray, k: int) -> li
     return [int(ids[j]) for j in np.argsort(-scores, kind="stable")[:k]]
 
 
-def test_index_migrates_to_ivf_past_the_threshold_and_back(tmp_path, fake_embedder):
+def test_segments_are_exact_while_small_ivf_when_large_and_search_as_one(tmp_path, fake_embedder):
+    """Each commit adds a segment. While the index is under `ann_threshold` vectors its
+    segments are exact, and search over several is exact search over all their vectors; the
+    commit that crosses the threshold folds them into one IVF segment under the same ids;
+    later segments are built on its coarse quantizer and searched with it as one index;
+    removals are left out of searches; folded below half the threshold, the index is exact."""
+    from rag.store import compact
+
+    small = Settings(index=tmp_path / "small", chunk_tokens=40, chunk_overlap=8, ann_threshold=5000)
+    rng = random.Random(0)
+    for part in (range(0, 700), range(700, 1400)):
+        ingest_articles([article(i, rng) for i in part], settings=small, embedder=fake_embedder)
+    snap = Snapshot.open(small.index)
+    assert [seg.index_type for seg in snap.segments] == [FLAT, FLAT] and len(snap) == 1400
+    parts = [all_vectors(seg.index) for seg in snap.segments]
+    ids = np.concatenate([p[0] for p in parts])
+    vecs = np.vstack([p[1] for p in parts])
+    assert sorted(ids.tolist()) == snap.chunk_ids()
+    queries = [fake_embedder.encode_query(article(i, random.Random(i)).text) for i in range(100)]
+    for q in queries[:20]:
+        got = [round(x, 5) for _, x in snap.search(q, 10)]
+        assert got == [round(float(x), 5) for x in np.sort(vecs @ q)[::-1][:10]]
+
     s = Settings(index=tmp_path / "idx", chunk_tokens=40, chunk_overlap=8, ann_threshold=1000)
     rng = random.Random(0)
     ingest_articles([article(i, rng) for i in range(700)], settings=s, embedder=fake_embedder)
@@ -41,24 +63,32 @@ def test_index_migrates_to_ivf_past_the_threshold_and_back(tmp_path, fake_embedd
     before_ids, before_vecs = all_vectors(snap.index)
     assert len(before_ids) == 700
 
-    # Crossing the threshold in one commit rebuilds the index as IVF under the same ids.
+    # Crossing the threshold in one commit folds the index into one IVF segment, same ids.
     ingest_articles([article(i, rng) for i in range(700, 1400)], settings=s, embedder=fake_embedder)
     snap = Snapshot.open(s.index)
     params = snap.manifest["index_params"]
-    assert snap.manifest["index_type"] == IVF
+    assert len(snap.segments) == 1 and snap.manifest["index_type"] == IVF
     assert params["nlist"] >= 2 and 1 <= params["nprobe"] <= params["nlist"]
     assert params["trained_on"] == 1400 and params["tuned_recall_at_10"] >= 0.95
     assert snap.stats()["index_params"]["nprobe"] == params["nprobe"]
     assert faiss_nprobe(snap) == params["nprobe"]
     ids, vecs = all_vectors(snap.index)
-    chunk_ids = sorted(r[0] for r in snap.db.execute("SELECT id FROM chunks"))
-    assert ids.tolist() == chunk_ids and len(snap) == 1400
+    assert ids.tolist() == snap.chunk_ids() and len(snap) == 1400
     # The old chunks keep their ids and (up to fp16) their vectors.
     np.testing.assert_allclose(snap.vectors(before_ids[:50].tolist()), before_vecs[:50], atol=2e-3)
 
+    # A later commit is a segment on the same coarse quantizer: searched with the first as one.
+    ingest_articles([article(i, rng) for i in range(1400, 1500)], settings=s, embedder=fake_embedder)
+    snap = Snapshot.open(s.index)
+    first, second = snap.segments
+    assert second.index_type == IVF and second.coarse == first.coarse and second.rows == 100
+    assert not second.index_params.get("tuned_recall_at_10") or second.index_params["trained_on"] == 1400
+    more = [all_vectors(seg.index) for seg in snap.segments]
+    ids = np.concatenate([p[0] for p in more])
+    vecs = np.vstack([p[1] for p in more])
+
     # Search agrees with exact search over the same vectors for most queries.
     top1 = overlap = 0
-    queries = [fake_embedder.encode_query(article(i, random.Random(i)).text) for i in range(100)]
     for q in queries:
         got = [i for i, _ in snap.search(q, 10)]
         want = exact_top(vecs, ids, q, 10)
@@ -66,29 +96,40 @@ def test_index_migrates_to_ivf_past_the_threshold_and_back(tmp_path, fake_embedd
         overlap += len(set(got) & set(want))
     assert top1 >= 90 and overlap >= 0.9 * 100 * 10
 
-    # Remove and replace keep vectors == chunks, and the index stays IVF.
+    # Remove and replace: the IVF segment is not rewritten, its dead rows are left out.
     assert remove(["a3", "a4"], settings=s) == []
     ingest_articles([article(5, rng, version=1)], settings=s, embedder=fake_embedder)
     snap = Snapshot.open(s.index)
-    n_chunks = snap.db.execute("SELECT COUNT(*) FROM chunks").fetchone()[0]
-    assert snap.manifest["index_type"] == IVF
-    assert len(snap) == n_chunks == 1398 == snap.manifest["counts"]["vectors"]
+    assert snap.manifest["index_type"] == IVF and snap.segments[0].deleted == {"a3", "a4", "a5"}
+    assert len(snap) == 1498 == snap.manifest["counts"]["vectors"] == len(snap.chunk_ids())
     assert {a.id for a in snap.articles()} >= {"a5"} and "a3" not in {a.id for a in snap.articles()}
-    ids_now = sorted(r[0] for r in snap.db.execute("SELECT id FROM chunks"))
-    assert all_vectors(snap.index)[0].tolist() == ids_now
+    dead = set(snap.segments[0].dead_chunks().tolist())
+    assert len(dead) == 3
+    for q in queries[:30]:
+        assert not {i for i, _ in snap.search(q, 50)} & dead
+    # A filtered search over the segments searched as one is exact over the allowed chunks.
+    from rag.filters import Filters
+
+    allowed = snap.filter_chunks(Filters(ids=("a7", "a1450", "a20", "a1499")))
+    assert allowed and not set(allowed) & dead
+    for q in queries[:10]:
+        exact = sorted(
+            zip(allowed, (snap.vectors(allowed) @ q).tolist(), strict=True), key=lambda h: (-h[1], h[0])
+        )
+        got = snap.search(q, 5, allowed=allowed)
+        assert [i for i, _ in got] == [i for i, _ in exact][:5]
     # A keyword hit missing from the dense results is scored through vectors(): still works.
     from rag.retrieval import search
 
     hits = search(snap, "w3 w5 w7", fake_embedder.encode_query("w3 w5 w7"), 5)
-    assert len(hits) == 5
+    assert len(hits) == 5 and not {r.id for r, _ in hits} & dead
 
-    # Below half the threshold the index goes back to exact search.
-    remove([f"a{i}" for i in range(450, 1400)], settings=s)
+    # Folded below half the threshold the index goes back to exact search.
+    remove([f"a{i}" for i in range(450, 1500)], settings=s)
+    compact(s.index, everything=True, ann_threshold=1000)
     snap = Snapshot.open(s.index)
-    assert snap.manifest["index_type"] == FLAT and len(snap) == 448
-    assert all_vectors(snap.index)[0].tolist() == sorted(
-        r[0] for r in snap.db.execute("SELECT id FROM chunks")
-    )
+    assert snap.manifest["index_type"] == FLAT and len(snap) == 448 and len(snap.segments) == 1
+    assert all_vectors(snap.index)[0].tolist() == snap.chunk_ids()
 
 
 def faiss_nprobe(snap: Snapshot) -> int:
@@ -97,17 +138,29 @@ def faiss_nprobe(snap: Snapshot) -> int:
     return int(faiss.extract_index_ivf(snap.index).nprobe)
 
 
-def test_ivf_retrains_when_the_corpus_outgrows_its_training(tmp_path, fake_embedder):
+def test_small_segments_share_the_coarse_quantizer_large_ones_train_their_own(tmp_path, fake_embedder):
+    """Once the index is approximate, a segment under `ann_threshold` vectors is built on the
+    coarse quantizer trained on the most vectors (nothing trained; searched with it as one),
+    a larger one trains its own. Folding everything retrains on all of it."""
+    from rag.store import compact
+
     s = Settings(index=tmp_path / "idx", chunk_tokens=40, chunk_overlap=8, ann_threshold=300)
     rng = random.Random(1)
     ingest_articles([article(i, rng) for i in range(300)], settings=s, embedder=fake_embedder)
     first = Snapshot.open(s.index).manifest["index_params"]
     assert first["trained_on"] == 300
     ingest_articles([article(i, rng) for i in range(300, 900)], settings=s, embedder=fake_embedder)
-    assert Snapshot.open(s.index).manifest["index_params"]["trained_on"] == 300  # < 4x: kept
-    ingest_articles([article(i, rng) for i in range(900, 1300)], settings=s, embedder=fake_embedder)
+    ingest_articles([article(i, rng) for i in range(900, 950)], settings=s, embedder=fake_embedder)
+    snap = Snapshot.open(s.index)
+    # The first segment is not touched by later commits.
+    assert [seg.index_params["trained_on"] for seg in snap.segments] == [300, 600, 600]
+    assert snap.segments[2].coarse == snap.segments[1].coarse != snap.segments[0].coarse
+    assert [(s.folder / "coarse.faiss").exists() for s in snap.segments] == [True, True, False]
+    hits = snap.search(fake_embedder.encode_query(article(920, random.Random(920)).text), 5)
+    assert len(hits) == 5
+    compact(s.index, everything=True, ann_threshold=300)
     params = Snapshot.open(s.index).manifest["index_params"]
-    assert params["trained_on"] == 1300 and params["nlist"] >= first["nlist"]
+    assert params["trained_on"] == 950 and params["nlist"] >= first["nlist"]
 
 
 @pytest.mark.slow

@@ -95,9 +95,7 @@ def run_trials(tmp_path: Path, kills: int, seed: int, max_trials: int) -> dict[s
         base = tmp_path / f"t{t}"
         index, docs = base / "idx", base / "docs"
         write(docs, "old", range(N_ARTICLES // 2))
-        ingest(
-            [docs], settings=settings_for(index), embedder=FakeEmbedder()
-        )
+        ingest([docs], settings=settings_for(index), embedder=FakeEmbedder())
         write(docs, "new", range(N_ARTICLES))
         proc = subprocess.Popen(
             [sys.executable, str(script), str(index), str(docs)],
@@ -125,9 +123,7 @@ def run_trials(tmp_path: Path, kills: int, seed: int, max_trials: int) -> dict[s
             stats["in_commit"] += 1
         check(index, docs)
         # The next ingest always recovers to the full new state.
-        r = ingest(
-            [docs], settings=settings_for(index), embedder=FakeEmbedder()
-        )
+        r = ingest([docs], settings=settings_for(index), embedder=FakeEmbedder())
         assert r.ok
         check(index, docs)
         assert len(Snapshot.open(index).articles()) == N_ARTICLES

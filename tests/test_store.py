@@ -44,7 +44,7 @@ def test_ingest_reingest_replace_remove(tmp_path, fake_embedder):
         "backend": "torch",
     }
     assert snap.manifest["chunking"]["chunk_tokens"] == 40
-    assert set(snap.manifest["files"]) == {"vectors.faiss", "chunks.sqlite"}
+    assert [set(seg["files"]) for seg in snap.manifest["segments"]] == [{"vectors.faiss", "chunks.sqlite"}]
 
     r2 = ingest([tmp_path / "docs"], settings=s, embedder=fake_embedder)
     assert len(r2.unchanged) == 3 and r2.chunks == 0
@@ -58,6 +58,12 @@ def test_ingest_reingest_replace_remove(tmp_path, fake_embedder):
     assert a1.chunks == 1
     assert len(snap) == sum(a.chunks for a in snap.articles())
     assert sorted(p.name for p in s.index.glob("gen-*")) == ["gen-000001", "gen-000002"]
+    # The commit wrote a segment for the new version only; the old one stays, serving the
+    # two articles that did not change.
+    assert sorted(p.name for p in s.index.glob("seg-*")) == ["seg-000001", "seg-000002"]
+    first, second = snap.manifest["segments"]
+    assert first["name"] == "seg-000001" and first["deleted"] == [a1.id]
+    assert second["counts"]["articles"] == 1 and second["deleted"] == []
 
     assert remove([a1.id, "nope"], settings=s) == ["nope"]
     snap = Snapshot.open(s.index)
@@ -130,6 +136,16 @@ class Unprobed(FakeEmbedder):
         return {}
 
 
+def victim_path(index: Path, victim: str) -> Path:
+    """The pointer, the second generation's manifest, or a file of the segment it added."""
+    if victim == "CURRENT":
+        return index / victim
+    if victim == "manifest.json":
+        return index / "gen-000002" / victim
+    added = json.loads((index / "gen-000002" / "manifest.json").read_text())["segments"][-1]["name"]
+    return index / added / victim
+
+
 @pytest.mark.parametrize("victim", ["vectors.faiss", "chunks.sqlite", "manifest.json", "CURRENT"])
 def test_corruption_is_refused_and_recoverable(tmp_path, fake_embedder, victim):
     s = Settings(index=tmp_path / "idx", chunk_tokens=40, chunk_overlap=8)
@@ -137,7 +153,7 @@ def test_corruption_is_refused_and_recoverable(tmp_path, fake_embedder, victim):
     ingest([tmp_path / "docs"], settings=s, embedder=fake_embedder)
     write_corpus(tmp_path / "docs", n=3, version="v2")
     ingest([tmp_path / "docs"], settings=s, embedder=fake_embedder)
-    path = s.index / victim if victim == "CURRENT" else s.index / "gen-000002" / victim
+    path = victim_path(s.index, victim)
     data = bytearray(path.read_bytes())
     data[len(data) // 2] ^= 0xFF
     path.write_bytes(bytes(data))
@@ -163,7 +179,7 @@ def test_truncation_is_refused_and_recoverable(tmp_path, fake_embedder, capsys):
             ingest([base / "docs"], settings=s, embedder=fake_embedder)
             write_corpus(base / "docs", n=3, version="v2")
             ingest([base / "docs"], settings=s, embedder=fake_embedder)
-            path = s.index / victim if victim == "CURRENT" else s.index / "gen-000002" / victim
+            path = victim_path(s.index, victim)
             data = path.read_bytes()
             path.write_bytes(data[: len(data) // 2] if cut == "half" else b"")
             tried += 1
@@ -203,7 +219,7 @@ KILLER = textwrap.dedent(
     import os, signal, sys
     sys.path.insert(0, {root!r})
     sys.path.insert(0, {tests!r})
-    import rag.store as store
+    import rag.store.files as store
     from conftest import FakeEmbedder
     from rag.ingest import ingest
     from rag.settings import Settings
@@ -276,3 +292,161 @@ def test_cli_ingest_list_stats_remove(tmp_path, monkeypatch):
     assert p.returncode == 0 and "removed 1" in p.stdout
     p = subprocess.run([*rag, "remove", "no-such-id"], capture_output=True, text=True, env=env)
     assert p.returncode == 1 and "no article with id 'no-such-id'" in p.stderr
+
+
+def test_keyword_search_over_segments_ranks_as_one_index(tmp_path, fake_embedder):
+    """The same articles committed at once (one segment: FTS5's own BM25) and over several
+    commits with a removal and a replacement (several segments, some rows dead): the keyword
+    search gives the same passages with the same scores, and the same term frequencies."""
+    from rag.ingest import ingest_articles
+    from rag.types import Article
+
+    rng = np.random.default_rng(3)
+    words = [f"w{i}" for i in range(60)] + ["harbour", "cranes", "strike", "port", "ferry"]
+
+    def art(i: int, version: int = 0) -> Article:
+        text = " ".join(rng.choice(words, 30 + i % 9)) + f". Version {version}."
+        return Article(id=f"n{i}", text=text, title=f"Story {i} ferry" if i % 3 else f"Story {i}")
+
+    final = {i: art(i) for i in range(40)}
+    replaced = art(7, version=1)
+    s_one = Settings(index=tmp_path / "one", chunk_tokens=20, chunk_overlap=4, dedup_threshold=0)
+    s_many = s_one.with_(index=tmp_path / "many")
+    for batch in (range(0, 12), range(12, 25), range(25, 40)):
+        ingest_articles([final[i] for i in batch], settings=s_many, embedder=fake_embedder)
+    ingest_articles([replaced, art(99)], settings=s_many, embedder=fake_embedder)
+    remove(["n99"], settings=s_many)
+    final[7] = replaced
+    ingest_articles(list(final.values()), settings=s_one, embedder=fake_embedder)
+    one, many = Snapshot.open(s_one.index), Snapshot.open(s_many.index)
+    assert len(one.segments) == 1 and len(many.segments) >= 3 and any(x.deleted for x in many.segments)
+    assert len(one) == len(many)
+
+    def keyed(snap: Snapshot, hits: list[tuple[int, float]]) -> list[tuple[str, int, float]]:
+        rows = {r.id: r for r in snap.chunks([i for i, _ in hits])}
+        return [(rows[i].article_id, rows[i].ordinal, round(x, 9)) for i, x in hits]
+
+    def ranked(hits: list[tuple[str, int, float]]) -> list[tuple[str, int, float]]:
+        # Equal scores are ordered by chunk id, which the two indexes number differently.
+        return sorted(hits, key=lambda h: (-h[2], h[0], h[1]))
+
+    for query in ("harbour cranes", "ferry strike w3", "w10 w11 w12 port", "story version"):
+        everything = ranked(keyed(one, one.keyword_search(query, 500)))
+        assert everything and ranked(keyed(many, many.keyword_search(query, 500))) == everything
+        top = keyed(many, many.keyword_search(query, 5))
+        assert [h[2] for h in top] == [h[2] for h in everything[:5]]
+    some = ["harbour", "ferri", "w3", "version", "stori"]
+    assert many.document_frequencies(some) == one.document_frequencies(some)
+
+
+def test_an_index_from_before_segments_is_read_added_to_and_compacted(tmp_path, fake_embedder):
+    """tests/data/index-v1 was written by the store before segments (format 1: the files in
+    the generation folder): it opens as one segment, takes new articles and a replacement
+    without being rewritten, keeps its copies, and `compact` folds it into a segment."""
+    import shutil
+
+    from rag.ingest import ingest_articles
+    from rag.store import compact
+    from rag.types import Article
+
+    index = tmp_path / "idx"
+    shutil.copytree(ROOT / "tests" / "data" / "index-v1", index)
+    s = Settings(index=index, chunk_tokens=40, chunk_overlap=8)
+    snap = Snapshot.open(index)
+    assert snap.manifest["format_version"] == 1 and [seg.name for seg in snap.segments] == ["gen-000002"]
+    assert [a.id for a in snap.articles()] == ["old0", "old1", "old2"]
+    assert [c.article_id for c in snap.copies_of(["old0"])["old0"]] == ["copy0"]
+    hits = RAG(s, embedder=fake_embedder).retrieve("Old article 1 sentence 3 harbour cranes")
+    assert hits and hits[0].article_id == "old1"
+    before = (index / "gen-000002" / "chunks.sqlite").read_bytes()
+
+    new = Article(id="new0", title="New story", text="A new article about the lighthouse keeper. " * 12)
+    changed = Article(id="old1", title="Old story 1", text="Old story one, rewritten this time. " * 12)
+    ingest_articles([new, changed], settings=s, embedder=fake_embedder)
+    snap = Snapshot.open(index)
+    assert snap.manifest["format_version"] == 2
+    assert [seg.name for seg in snap.segments] == ["gen-000002", "seg-000001"]
+    assert snap.segments[0].deleted == {"old1"}
+    assert (index / "gen-000002" / "chunks.sqlite").read_bytes() == before  # not rewritten
+    assert sorted(a.id for a in snap.articles()) == ["new0", "old0", "old1", "old2"]
+    assert "rewritten" in snap.article("old1")[1]
+    assert snap.copies_of(["old0"])["old0"][0].article_id == "copy0"
+    assert len(snap) == sum(a.chunks for a in snap.articles())
+
+    assert compact(index, everything=True) is not None
+    snap = Snapshot.open(index)
+    assert [seg.name for seg in snap.segments] == ["seg-000002"] and not snap.segments[0].deleted
+    assert sorted(a.id for a in snap.articles()) == ["new0", "old0", "old1", "old2"]
+    assert snap.copies_of(["old0"])["old0"][0].article_id == "copy0"
+    assert len(snap) == sum(a.chunks for a in snap.articles())
+    hits = RAG(s, embedder=fake_embedder).retrieve("lighthouse keeper")
+    assert hits and hits[0].article_id == "new0"
+
+
+def test_small_segments_fold_as_they_pile_up_and_rag_compact_folds_the_rest(tmp_path, fake_embedder):
+    """Each commit of one article adds a segment; at `MERGE_AT` small segments a commit folds
+    them (the live rows only); `rag compact` folds every segment but the largest, `--all`
+    everything; nothing is lost and searches find the same passages."""
+    from click.testing import CliRunner
+
+    from rag.cli import cli
+    from rag.ingest import ingest_articles
+    from rag.store.transaction import MERGE_AT
+    from rag.types import Article
+
+    s = Settings(index=tmp_path / "idx", chunk_tokens=40, chunk_overlap=8, dedup_threshold=0)
+
+    def art(i: int) -> Article:
+        return Article(id=f"s{i}", title=f"Story {i}", text=f"Story {i} is about topic{i} and more. " * 8)
+
+    counts = []
+    for i in range(MERGE_AT + 3):
+        ingest_articles([art(i)], settings=s, embedder=fake_embedder)
+        counts.append(len(Snapshot.open(s.index).segments))
+    assert counts[: MERGE_AT - 1] == list(range(1, MERGE_AT))
+    assert counts[MERGE_AT - 1] == 1  # the eighth small segment: all eight folded into one
+    assert counts[-1] == 4
+    remove(["s2"], settings=s)
+    snap = Snapshot.open(s.index)
+    assert sorted(a.id for a in snap.articles()) == sorted(f"s{i}" for i in range(MERGE_AT + 3) if i != 2)
+    before = {q: RAG(s, embedder=fake_embedder).retrieve(q, k=3)[0].article_id for q in ("topic5", "topic9")}
+
+    runner = CliRunner()
+    out = runner.invoke(cli, ["stats", "--index", str(s.index)])
+    assert out.exit_code == 0 and "segments     4 (live/stored chunks:" in out.output, out.output
+    out = runner.invoke(cli, ["compact", "--index", str(s.index)])
+    assert out.exit_code == 0 and "4 segment(s) folded into 2" in out.output, out.output
+    out = runner.invoke(cli, ["compact", "--all", "--index", str(s.index)])
+    assert out.exit_code == 0 and "2 segment(s) folded into 1" in out.output, out.output
+    snap = Snapshot.open(s.index)
+    assert len(snap.segments) == 1 and not snap.segments[0].deleted
+    assert len(snap.articles()) == MERGE_AT + 2 and len(snap) == sum(a.chunks for a in snap.articles())
+    out = runner.invoke(cli, ["compact", "--all", "--index", str(s.index)])
+    assert out.exit_code == 0 and "nothing to fold" in out.output
+    after = {q: RAG(s, embedder=fake_embedder).retrieve(q, k=3)[0].article_id for q in ("topic5", "topic9")}
+    assert after == before == {"topic5": "s5", "topic9": "s9"}
+    # Only what the live and the previous generation use is on disk.
+    live = Snapshot.open(s.index).manifest
+    assert {p.name for p in s.index.glob("seg-*")} <= {r["name"] for r in live["segments"]} | {
+        r["name"]
+        for r in json.loads((s.index / f"gen-{live['generation'] - 1:06d}" / "manifest.json").read_text())[
+            "segments"
+        ]
+    }
+
+
+def test_a_reader_keeps_the_vectors_it_loaded_when_a_commit_keeps_their_segment(tmp_path, fake_embedder):
+    """A server switching to a new generation does not read a kept segment's vectors again."""
+    s = Settings(index=tmp_path / "idx", chunk_tokens=40, chunk_overlap=8)
+    write_corpus(tmp_path / "docs", n=2)
+    r = RAG(s, embedder=fake_embedder)
+    r.ingest([tmp_path / "docs"])
+    assert r.retrieve("harbour cranes")
+    loaded = r.snapshot().segments[0].index
+    (tmp_path / "more").mkdir()
+    (tmp_path / "more" / "b.txt").write_text("A story about lighthouse keepers. " * 10)
+    r.ingest([tmp_path / "more"])
+    snap = r.snapshot()
+    assert [seg.name for seg in snap.segments] == ["seg-000001", "seg-000002"]
+    assert snap.segments[0].index is loaded
+    assert r.retrieve("lighthouse keepers")[0].article_id.endswith("b.txt")

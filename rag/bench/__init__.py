@@ -12,7 +12,9 @@ doing the same work in the same run with the same settings, and their ratio.
 - scale (`scale.py`): exact and IVF search at 10k/100k/1M synthetic vectors drawn from a
   Gaussian mixture fitted to real embeddings, each size measured in a fresh process (clean RSS);
 - web (`web.py`): article pages served on 127.0.0.1, ingested by URL;
-- remote embed (`remote.py`): the corpus ingested through a `rag serve`'s `/v1/embeddings`.
+- remote embed (`remote.py`): the corpus ingested through a `rag serve`'s `/v1/embeddings`;
+- commit (`commit.py`): adding one article to indexes of 10k/100k/1M chunks, and search over
+  20 segments against the same vectors folded into one.
 
 The library never prints: `run_bench` reports progress through a callback and returns a
 JSON-ready dict; `format_report` (`report.py`) turns it into the table `rag bench` prints.
@@ -32,6 +34,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..settings import Settings
+from .commit import bench_commit
 from .corpus import SAMPLE, default_corpus, generated_article, write_jsonl
 from .ingest import bench_ingest
 from .measure import Progress, p50_p95, peak_rss_bytes, percentile, reset_peak_rss, rss_bytes
@@ -68,6 +71,7 @@ __all__ = [
     "Mixture",
     "Progress",
     "bench_cold_start",
+    "bench_commit",
     "bench_ingest",
     "bench_query",
     "bench_remote_embed",
@@ -116,8 +120,9 @@ class BenchOptions:
             the shared prompt prefix saves (all; quick 1).
         repeat: ingest / encode-alone pairs, run ABBA; the best of each is reported.
         cold_start: also time fresh processes (`rag ask`, `rag --help`, `rag list`).
-        sections: which of ingest, query, startup, scale, web, remote to run (query and remote
-            need ingest).
+        sections: which of ingest, query, startup, scale, web, remote, commit to run (query
+            and remote need ingest).
+        commit_sizes: index sizes (chunks) of the commit section (10k, 100k, 1M; quick 5k).
         pages: generated article pages the web section serves on 127.0.0.1 (100, quick 10).
     """
 
@@ -132,8 +137,9 @@ class BenchOptions:
     kv_probes: int | None = None
     repeat: int = 1
     cold_start: bool = True
-    sections: tuple[str, ...] = ("ingest", "query", "startup", "scale", "web", "remote")
+    sections: tuple[str, ...] = ("ingest", "query", "startup", "scale", "web", "remote", "commit")
     pages: int | None = None
+    commit_sizes: tuple[int, ...] | None = None
     seed: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -217,14 +223,30 @@ def run_bench(
                 quick=options.quick,
                 progress=progress,
             )
-        if "scale" in sections:
+        mix = None
+        if "scale" in sections or "commit" in sections:
+            mix, fitted = _mixture(options, embedder, corpus_vectors=vectors, progress=progress)
+            result["scale_vectors"] = fitted
+        if "scale" in sections and mix is not None:
             result |= _scale(
                 settings,
                 options,
-                embedder,
-                corpus_vectors=vectors,
+                mix,
                 question_vectors=question_vectors,
                 embed_ms=embed_ms,
+                progress=progress,
+            )
+        if "commit" in sections:
+            result["commit"] = bench_commit(
+                options.pick("commit_sizes", FULL_SIZES, QUICK_SIZES),
+                settings=settings,
+                embedder=embedder,
+                workdir=workdir,
+                mix=mix,
+                segments=4 if options.quick else 20,
+                runs=2 if options.quick else 5,
+                queries=50 if options.quick else 200,
+                seed=options.seed,
                 progress=progress,
             )
         if "remote" in sections and index is not None:
@@ -340,18 +362,15 @@ def _fresh_processes(
     return out
 
 
-def _scale(
-    settings: Settings,
+def _mixture(
     options: BenchOptions,
     embedder: Encoder,
     *,
     corpus_vectors: np.ndarray | None,
-    question_vectors: np.ndarray,
-    embed_ms: list[float],
     progress: Progress | None,
-) -> dict[str, Any]:
-    """`scale_vectors` (the mixture fitted to reference texts and the corpus, and how close its
-    samples come to the real vectors), `scale` and `scale_query_embedding_ms`."""
+) -> tuple[Mixture, dict[str, Any]]:
+    """The mixture the scale and commit sections draw vectors from, fitted to reference texts
+    and the corpus, and `scale_vectors`: how close its samples come to the real vectors."""
     import numpy as np
 
     n_fit = options.pick("fit_texts", 1500, 48)
@@ -370,16 +389,27 @@ def _scale(
     mix = fit_mixture(real, components=16 if not options.quick else 4, seed=options.seed)
     fit_s = time.perf_counter() - t
     synthetic = sample_mixture(mix, min(2000, len(real)), seed=options.seed + 1)
-    out: dict[str, Any] = {
-        "scale_vectors": {
-            "method": "full-covariance Gaussian mixture fitted to real embeddings, sampled, normalised",
-            "components": len(mix.weights),
-            "fitted_on": mix.fitted_on,
-            "fit_s": round(fit_s, 2),
-            "real_profile": neighbour_profile(real),
-            "synthetic_profile": neighbour_profile(synthetic),
-        }
+    return mix, {
+        "method": "full-covariance Gaussian mixture fitted to real embeddings, sampled, normalised",
+        "components": len(mix.weights),
+        "fitted_on": mix.fitted_on,
+        "fit_s": round(fit_s, 2),
+        "real_profile": neighbour_profile(real),
+        "synthetic_profile": neighbour_profile(synthetic),
     }
+
+
+def _scale(
+    settings: Settings,
+    options: BenchOptions,
+    mix: Mixture,
+    *,
+    question_vectors: np.ndarray,
+    embed_ms: list[float],
+    progress: Progress | None,
+) -> dict[str, Any]:
+    """`scale` and `scale_query_embedding_ms`."""
+    out: dict[str, Any] = {}
     sizes = options.pick("sizes", FULL_SIZES, QUICK_SIZES)
     out["scale"] = bench_scale(
         mix,

@@ -129,9 +129,13 @@ def bench_query(
         qvec = embedder.encode_query(q)
         r["embed_ms"] = (time.perf_counter() - t) * 1000
         t = time.perf_counter()
-        embedder.model.encode(
-            [q], batch_size=settings.batch_size, normalize_embeddings=True, show_progress_bar=False
-        )
+        model = getattr(embedder, "model", None)  # a remote embedder is its own raw component
+        if model is not None:
+            model.encode(
+                [q], batch_size=settings.batch_size, normalize_embeddings=True, show_progress_bar=False
+            )
+        else:
+            embedder.encode([q])
         r["embed_alone_ms"] = (time.perf_counter() - t) * 1000
         t = time.perf_counter()
         hits = search(snap, q, qvec, k, fusion=settings.fusion)

@@ -18,6 +18,10 @@ TARGETS = {
     "cold_start_ratio": ("fresh `rag ask` / fresh llama.cpp alone, first token", "<=", 1.5),
     "server_ask_ratio": ("fresh `rag ask`, server running / warm answer, first token", "<=", 1.2),
     "help_s": ("`rag --help`, s", "<", 0.5),
+    "commit_s_largest": ("add one article at the largest size: commit p50, s", "<", 1.0),
+    "commit_mb_largest": ("add one article at the largest size: MB written", "<", 10.0),
+    "segments_search_ratio": ("search over 20 segments / one merged (p50)", "<=", 1.2),
+    "feed_search_ratio": ("search after a feed's commits / one merged (p50)", "<=", 1.2),
 }
 
 
@@ -26,6 +30,8 @@ def targets(result: dict[str, Any]) -> list[dict[str, Any]]:
     q = result.get("query", {}).get("stages", {})
     scale = {p["vectors"]: p for p in result.get("scale", [])}
     at_1m = scale.get(1_000_000, {})
+    sizes = result.get("commit", {}).get("sizes") or [{}]
+    largest = max(sizes, key=lambda p: p.get("chunks", 0)).get("add_one_article", {})
     values = {
         "ingest_ratio": result.get("ingest", {}).get("ratio"),
         "ingest_chunks_per_s": result.get("ingest", {}).get("chunks_per_s"),
@@ -40,6 +46,13 @@ def targets(result: dict[str, Any]) -> list[dict[str, Any]]:
         "cold_start_ratio": result.get("cold_start", {}).get("ratio_first_token"),
         "server_ask_ratio": result.get("cold_start", {}).get("server", {}).get("ratio_to_warm"),
         "help_s": result.get("startup", {}).get("help_s"),
+        "commit_s_largest": largest.get("seconds", {}).get("p50"),
+        "commit_mb_largest": largest.get("written_mb"),
+        "segments_search_ratio": result.get("commit", {})
+        .get("segments", {})
+        .get("bulk", {})
+        .get("ratio_p50"),
+        "feed_search_ratio": result.get("commit", {}).get("segments", {}).get("feed", {}).get("ratio_p50"),
     }
     out = []
     for key, (what, op, limit) in TARGETS.items():
@@ -180,6 +193,26 @@ def format_report(r: dict[str, Any]) -> str:
             f"  rag ingest URL...  {w['pages_per_s']:.1f} pages/s ({w['ingest_s']:.2f} s: fetch, extract, "
             f"dedup, embed, commit); fetch + extract alone {w['fetch_extract_pages_per_s']:.1f} pages/s",
         ]
+    if "commit" in r:
+        c = r["commit"]
+        lines += ["", "COMMIT  one real article ingested (dedup, chunk, embed, commit) into N chunks"]
+        head = ("chunks", "index MB", "built in", "commit p50", "max", "written MB")
+        lines.append("  " + "".join(f"{h:>{w}}" for h, w in zip(head, (10, 10, 10, 12, 8, 12), strict=True)))
+        for p in c["sizes"]:
+            a = p["add_one_article"]
+            lines.append(
+                f"  {p['chunks']:>10,}{p['index_mb']:>10.1f}{p['build_s']:>9.1f}s"
+                f"{a['seconds']['p50']:>11.3f}s{a['seconds_max']:>7.2f}s{a['written_mb']:>12.2f}"
+            )
+        for name, g in c["segments"].items():
+            a, b = g["segmented"], g["merged"]
+            lines.append(
+                f"  {name}: {g['commits']} commits of {g['chunks']:,} chunks left {a['segments']} segments: "
+                f"search (k {g['k']}) p50 {a['search_ms']['p50']:.2f} ms, recall@10 {a.get('recall_at_10')}, "
+                f"nprobe {a['nprobe']}; `rag compact --all` ({g['compact_s']:.0f} s) to one: "
+                f"{b['search_ms']['p50']:.2f} ms, recall@10 {b.get('recall_at_10')}, nprobe {b['nprobe']}; "
+                f"ratio {g['ratio_p50']}"
+            )
     if "remote_embed" in r:
         e = r["remote_embed"]
         ratio = f", {e['ratio_to_in_process']:.2f}x in process" if e.get("ratio_to_in_process") else ""

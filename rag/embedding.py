@@ -196,20 +196,154 @@ class Embedder(Encoder):
         return out
 
 
+def openvino_folder(identity: str, target: str) -> Path:
+    """Where the OpenVINO export of an embedder is (or goes): its own folder when it holds
+    one, else the models folder, under its name (plus where it came from, for any but the
+    bundled one)."""
+    from .models import models_dir
+
+    folder = Path(target)
+    if (folder / _OPENVINO_FILE).is_file():
+        return folder
+    tag = identity
+    if identity != BUNDLED_EMBEDDER:
+        tag += "-" + hashlib.sha1(target.encode()).hexdigest()[:8]
+    return models_dir() / "openvino" / tag.replace("/", "__")
+
+
+class OpenVINOEmbedder(Encoder):
+    """The exported OpenVINO model run by the OpenVINO runtime and the `tokenizers` library
+    alone: what sentence-transformers does for a mean-pooled, normalised model (tokenise,
+    run, average the token vectors under the attention mask, normalise), without importing
+    it, torch or transformers, which are most of a fresh `rag ask`'s start. Its vectors are
+    sentence-transformers' (checked in `tests/test_real.py`); other models, or an embedder
+    not exported yet, load through `Embedder`.
+    """
+
+    backend = "openvino"
+
+    def __init__(self, name: str, folder: Path, *, batch_size: int = 32) -> None:
+        import openvino as ov
+        from tokenizers import Tokenizer
+
+        self.name = name
+        self.batch_size = batch_size
+        self.max_seq_length = _max_seq_length(folder)
+        # One tokenizer reads whole texts (chunking counts their tokens), one cuts what the
+        # model reads at its limit, as sentence-transformers does.
+        # (tokenizer.json may carry the padding and truncation it was saved with: reset both.)
+        whole = Tokenizer.from_file(str(folder / "tokenizer.json"))
+        whole.no_padding()
+        whole.no_truncation()
+        self.tokenizer = _Tokenizer(whole)
+        self._cut = Tokenizer.from_file(str(folder / "tokenizer.json"))
+        self._cut.no_padding()
+        self._cut.enable_truncation(max_length=self.max_seq_length)
+        pad = self._cut.token_to_id("[PAD]")
+        self._cut.enable_padding(pad_id=0 if pad is None else pad, pad_token="[PAD]")
+        core = ov.Core()
+        model = core.read_model(str(folder / _OPENVINO_FILE))
+        self._inputs = {i.get_any_name() for i in model.inputs}
+        self.dimension = int(model.outputs[0].get_partial_shape()[-1].get_length())
+        self._model = core.compile_model(model, "CPU", {"PERFORMANCE_HINT": "LATENCY"})
+        self._request = self._model.create_infer_request()
+        # One infer request serves the model: a server's threads take turns.
+        self._encoding = threading.Lock()
+
+    @staticmethod
+    def usable(folder: Path) -> bool:
+        """Whether a sentence-transformers folder is a plain mean-pooled, normalised model."""
+        import json
+
+        try:
+            modules = json.loads((folder / "modules.json").read_text(encoding="utf-8"))
+            kinds = [m["type"].rsplit(".", 1)[-1] for m in modules]
+            pooling = json.loads((folder / "1_Pooling" / "config.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            return False
+        mean = pooling.get("pooling_mode") == "mean" or pooling.get("pooling_mode_mean_tokens") is True
+        return (
+            kinds == ["Transformer", "Pooling", "Normalize"]
+            and mean
+            and (folder / "tokenizer.json").is_file()
+        )
+
+    def encode(self, texts: Sequence[str], *, progress: Progress | None = None) -> np.ndarray:
+        """Normalised vectors, shape (len(texts), dimension), float32."""
+        import numpy as np
+
+        n = len(texts)
+        out = np.zeros((n, self.dimension), dtype=np.float32)
+        # Length-sorted batches pad less, which is most of the speed on CPU.
+        order = sorted(range(n), key=lambda i: len(texts[i]), reverse=True)
+        for lo in range(0, n, self.batch_size):
+            idx = order[lo : lo + self.batch_size]
+            out[idx] = self._batch([texts[i] for i in idx])
+            if progress and ((lo // self.batch_size) % 4 == 3 or lo + self.batch_size >= n):
+                progress(min(lo + self.batch_size, n), n)
+        return out
+
+    def _batch(self, texts: list[str]) -> np.ndarray:
+        import numpy as np
+
+        enc = self._cut.encode_batch(texts)
+        ids = np.array([e.ids for e in enc], dtype=np.int64)
+        mask = np.array([e.attention_mask for e in enc], dtype=np.int64)
+        feed = {"input_ids": ids, "attention_mask": mask}
+        if "token_type_ids" in self._inputs:
+            feed["token_type_ids"] = np.array([e.type_ids for e in enc], dtype=np.int64)
+        with self._encoding:
+            tokens = self._request.infer(feed)[self._model.outputs[0]]
+        weights = mask[:, :, None].astype(np.float32)
+        pooled = (tokens * weights).sum(axis=1) / np.clip(weights.sum(axis=1), 1e-9, None)
+        return pooled / np.clip(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12, None)
+
+
+class _Tokenizer:
+    """The calls `Encoder` makes of a Hugging Face tokenizer, on a `tokenizers.Tokenizer`."""
+
+    def __init__(self, tokenizer: Any) -> None:
+        self._tokenizer = tokenizer
+
+    def __call__(
+        self,
+        text: str | list[str],
+        *,
+        add_special_tokens: bool = True,
+        return_offsets_mapping: bool = False,
+        verbose: bool = False,
+    ) -> dict[str, Any]:
+        if isinstance(text, str):
+            enc = self._tokenizer.encode(text, add_special_tokens=add_special_tokens)
+            out: dict[str, Any] = {"input_ids": enc.ids}
+            if return_offsets_mapping:
+                out["offset_mapping"] = enc.offsets
+            return out
+        encs = self._tokenizer.encode_batch(text, add_special_tokens=add_special_tokens)
+        return {"input_ids": [e.ids for e in encs]}
+
+
+def _max_seq_length(folder: Path) -> int:
+    """The longest input the model reads, as sentence-transformers would set it."""
+    import json
+
+    for name, key in (
+        ("sentence_bert_config.json", "max_seq_length"),
+        ("tokenizer_config.json", "model_max_length"),
+    ):
+        with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+            value = json.loads((folder / name).read_text(encoding="utf-8"))[key]
+            if isinstance(value, int) and 0 < value < 100_000:
+                return value
+    return 512
+
+
 def _openvino_model(identity: str, target: str) -> Any:
     """The embedder on OpenVINO: exported from its weights once into the models folder
     (`rag models --assemble` does it at setup), loaded from there afterwards."""
     from sentence_transformers import SentenceTransformer
 
-    from .models import models_dir
-
-    folder = Path(target)
-    if not (folder / _OPENVINO_FILE).is_file():
-        # A name of the bundled model, a name plus where it came from for any other.
-        tag = identity
-        if identity != BUNDLED_EMBEDDER:
-            tag += "-" + hashlib.sha1(target.encode()).hexdigest()[:8]
-        folder = models_dir() / "openvino" / tag.replace("/", "__")
+    folder = openvino_folder(identity, target)
     if not (folder / _OPENVINO_FILE).is_file():
         log.info("exporting embedder %s to OpenVINO at %s (once)", identity, folder)
         model = SentenceTransformer(target, device="cpu", backend="openvino")
@@ -458,6 +592,11 @@ def load_embedder(settings: Settings) -> Encoder:
             timeout=settings.embed_timeout,
             batch_size=settings.batch_size * 4,
         )
+    if settings.embed_backend == "openvino":
+        identity, target = resolve_embedder(settings.embedder)
+        folder = openvino_folder(identity, target)
+        if (folder / _OPENVINO_FILE).is_file() and OpenVINOEmbedder.usable(folder):
+            return OpenVINOEmbedder(identity, folder, batch_size=settings.batch_size)
     return Embedder(settings.embedder, batch_size=settings.batch_size, backend=settings.embed_backend)
 
 

@@ -77,10 +77,10 @@ def fake_embedder():
 
 @pytest.fixture(scope="session")
 def real_embedder():
-    from rag.embedding import Embedder
+    from rag.embedding import load_embedder
     from rag.settings import Settings
 
-    return Embedder(backend=Settings().embed_backend)
+    return load_embedder(Settings())
 
 
 @pytest.fixture(scope="session")

@@ -245,3 +245,15 @@ def test_openvino_vectors_agree_with_torch_and_search_its_index(tmp_path, monkey
     by_openvino = RAG(settings, embedder=ov).retrieve(ALUMINUM, k=3)
     assert [s.chunk_id for s in by_openvino] == [s.chunk_id for s in by_torch]
     assert Embedder(backend="openvino").dimension == 384 and export.stat().st_mtime_ns == made
+    # Once exported, the default path runs it without sentence-transformers: the same vectors,
+    # the same tokens.
+    from rag.embedding import OpenVINOEmbedder, load_embedder
+
+    lean = load_embedder(Settings())
+    assert isinstance(lean, OpenVINOEmbedder) and lean.max_seq_length == ov.max_seq_length == 256
+    texts = [ALUMINUM, "", "x " * 600, "Kyiv asked for security guarantees. " * 30]
+    assert float((lean.encode(texts) * ov.encode(texts)).sum(axis=1).min()) > 0.9999
+    assert lean.token_offsets(texts[3]) == ov.token_offsets(texts[3])
+    assert lean.count_tokens(texts) == ov.count_tokens(texts)
+    by_lean = RAG(settings, embedder=lean).retrieve(ALUMINUM, k=3)
+    assert [s.chunk_id for s in by_lean] == [s.chunk_id for s in by_torch]

@@ -495,7 +495,9 @@ class RemoteEmbedder(Encoder):
         import numpy as np
 
         try:
-            data = sorted(response.json()["data"], key=lambda d: int(d["index"]))
+            data = response.json()["data"]
+            if all(isinstance(d, dict) and "index" in d for d in data):
+                data = sorted(data, key=lambda d: int(d["index"]))  # engines may answer out of order
             vectors = np.asarray([d["embedding"] for d in data], dtype=np.float32)
         except (ValueError, KeyError, TypeError) as e:
             raise BackendError(

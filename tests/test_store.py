@@ -450,3 +450,51 @@ def test_a_reader_keeps_the_vectors_it_loaded_when_a_commit_keeps_their_segment(
     assert [seg.name for seg in snap.segments] == ["seg-000001", "seg-000002"]
     assert snap.segments[0].index is loaded
     assert r.retrieve("lighthouse keepers")[0].article_id.endswith("b.txt")
+
+
+def test_a_rebuild_never_writes_over_a_segment_the_kept_generations_list(tmp_path, fake_embedder):
+    """`--rebuild` starts an index anew beside the live one: the live generation (kept as the
+    previous one) stays intact, so a crash or `rag recover` can still go back to it."""
+    from rag.store.files import verify_generation
+
+    s = Settings(index=tmp_path / "idx", chunk_tokens=40, chunk_overlap=8)
+    write_corpus(tmp_path / "docs", n=2)
+    ingest([tmp_path / "docs"], settings=s, embedder=fake_embedder)
+    ingest([tmp_path / "docs"], settings=s, embedder=fake_embedder, rebuild=True)
+    snap = Snapshot.open(s.index)
+    assert snap.generation == "gen-000002" and [x.name for x in snap.segments] == ["seg-000002"]
+    verify_generation(s.index, "gen-000001", None, whole=True)  # still intact
+    assert len(Snapshot.open(s.index).articles()) == 2
+
+
+def test_a_reader_of_an_older_generation_still_searches_after_its_segments_are_removed(
+    tmp_path, fake_embedder
+):
+    """Clean-up after two commits removes what an older snapshot lists; a reader holding it
+    (a question under way in a server) still reads its vectors: the files stay open."""
+    s = Settings(index=tmp_path / "idx", chunk_tokens=40, chunk_overlap=8)
+    write_corpus(tmp_path / "docs", n=2)
+    ingest([tmp_path / "docs"], settings=s, embedder=fake_embedder)
+    old = Snapshot.open(s.index)  # nothing loaded yet
+    for version in ("v2", "v3"):
+        write_corpus(tmp_path / "docs", n=2, version=version)
+        ingest([tmp_path / "docs"], settings=s, embedder=fake_embedder)
+    assert not (s.index / old.segments[0].name).exists()
+    hits = old.search(fake_embedder.encode_query("Article 1 v1 sentence 3"), 3)
+    assert hits and all(" v1 " in r.text for r in old.chunks([i for i, _ in hits]))
+
+
+def test_clean_up_removes_nothing_when_a_kept_manifest_cannot_be_read(tmp_path, fake_embedder, monkeypatch):
+    from rag.store import files
+
+    s = Settings(index=tmp_path / "idx", chunk_tokens=40, chunk_overlap=8)
+    write_corpus(tmp_path / "docs", n=2)
+    ingest([tmp_path / "docs"], settings=s, embedder=fake_embedder)
+    before = sorted(p.name for p in s.index.iterdir())
+
+    def unreadable(root, gen):
+        raise OSError("too many open files")
+
+    monkeypatch.setattr(files, "read_manifest", unreadable)
+    files.collect_garbage(s.index, ["gen-000001"])
+    assert sorted(p.name for p in s.index.iterdir()) == before

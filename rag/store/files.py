@@ -146,21 +146,26 @@ class _Verified:
             return {}
 
     @classmethod
-    def remember(cls, root: Path, found: dict[str, str]) -> None:
-        """Record files (relative name -> sha256) as checksummed now; a lost update only
-        costs a checksum later."""
+    def hashed(cls, path: Path) -> tuple[str, list[int] | None]:
+        """The file's sha256, and how it looked while it was read (None if it changed)."""
+        before = cls._look(path)
+        sha = sha256_of(path)
+        return sha, before if cls._look(path) == before else None
+
+    @classmethod
+    def remember(cls, root: Path, found: dict[str, tuple[str, list[int] | None]]) -> None:
+        """Record files (relative name -> sha256 and how they looked when it was computed)
+        as checksummed; a lost update only costs a checksum later."""
         if not found:
             return
         with cls._lock:
             data = cls.read(root)
             settled = time.time_ns() - SETTLED_NS
-            for name, sha in found.items():
-                with contextlib.suppress(OSError):
-                    look = cls._look(root / name)
-                    # A file written moments ago could be changed again within the same tick
-                    # of the file system's clock, unseen: it is checksummed again next time.
-                    if look[1] <= settled:
-                        data[name] = [*look, sha]
+            for name, (sha, look) in found.items():
+                # A file written moments ago could be changed again within the same tick of
+                # the file system's clock, unseen: it is checksummed again next time.
+                if look is not None and look[1] <= settled:
+                    data[name] = [*look, sha]
             live = {n for n in data if (root / n).exists()}
             data = {n: v for n, v in data.items() if n in live}
             tmp = root / f"{VERIFIED}.{os.getpid()}.{threading.get_ident()}.tmp"
@@ -203,7 +208,7 @@ def verify_generation(
             f"{FORMAT_VERSION}; rebuild it with `rag ingest --rebuild --index {root} PATH...`"
         )
     known = {} if whole else _Verified.read(root)
-    checked: dict[str, str] = {}
+    checked: dict[str, tuple[str, list[int] | None]] = {}
     for record in records:
         for name, info in record["files"].items():
             rel = f"{record['name']}/{name}"
@@ -212,9 +217,12 @@ def verify_generation(
                 raise IndexCorrupt(f"{path} is missing; {recover_hint(root)}")
             if _Verified.trusted(root, rel, info["sha256"], known):
                 continue
-            if path.stat().st_size != info["bytes"] or sha256_of(path) != info["sha256"]:
+            if path.stat().st_size != info["bytes"]:
                 raise IndexCorrupt(f"{path} fails its checksum (damaged); {recover_hint(root)}")
-            checked[rel] = info["sha256"]
+            sha, look = _Verified.hashed(path)
+            if sha != info["sha256"]:
+                raise IndexCorrupt(f"{path} fails its checksum (damaged); {recover_hint(root)}")
+            checked[rel] = (sha, look)
     _Verified.remember(root, checked)
     return manifest
 
@@ -233,12 +241,22 @@ def write_files_record(folder: Path, names: Sequence[str]) -> dict[str, dict[str
     return files
 
 
-def referenced(root: Path, gens: Sequence[str]) -> set[str]:
-    """The folders (segments and format-1 generations) these generations need."""
+def next_free_segment(root: Path) -> int:
+    """A segment number above every segment folder on disk (finished or not)."""
+    numbers = [int(m.group(1)) for p in root.glob("seg-*") if (m := re.match(r"seg-(\d+)", p.name))]
+    return max(numbers, default=0) + 1
+
+
+def referenced(root: Path, gens: Sequence[str]) -> set[str] | None:
+    """The folders (segments and format-1 generations) these generations need; None when a
+    manifest cannot be read (then nothing may be thought unneeded)."""
     out: set[str] = set(gens)
     for gen in gens:
-        with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+        try:
             out |= {r["name"] for r in segment_records(read_manifest(root, gen), gen)}
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            log.warning("cannot read %s to clean up around it (%s): nothing removed", gen, e)
+            return None
     return out
 
 
@@ -248,6 +266,8 @@ def collect_garbage(root: Path, keep: Sequence[str]) -> None:
     import shutil
 
     needed = referenced(root, [g for g in keep if g])
+    if needed is None:
+        return
     for path in root.iterdir():
         if path.is_dir() and path.name.startswith(("gen-", "seg-")) and path.name not in needed:
             shutil.rmtree(path, ignore_errors=True)
@@ -280,15 +300,16 @@ def recover(root: str | os.PathLike[str]) -> str:
     """Point CURRENT at the newest generation whose manifest and segments verify (every file
     read whole); returns its name."""
     root = Path(root)
-    for gen in reversed(list_generations(root)):
-        try:
-            manifest_raw = (root / gen / MANIFEST).read_bytes()
-            verify_generation(root, gen, None, whole=True)
-        except (IndexCorrupt, OSError):
-            log.warning("generation %s is damaged; skipping it", gen)
-            continue
-        point_at(root, gen, manifest_raw)
-        return gen
+    with writer_lock(root):  # a commit under way would otherwise be undone
+        for gen in reversed(list_generations(root)):
+            try:
+                manifest_raw = (root / gen / MANIFEST).read_bytes()
+                verify_generation(root, gen, None, whole=True)
+            except (IndexCorrupt, OSError):
+                log.warning("generation %s is damaged; skipping it", gen)
+                continue
+            point_at(root, gen, manifest_raw)
+            return gen
     raise IndexCorrupt(
         f"no intact generation left in {root} (a segment they share is damaged); "
         f"rebuild it with `rag ingest --rebuild --index {root} PATH...`"

@@ -14,6 +14,7 @@ import sqlite3
 import threading
 import time
 import weakref
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -132,9 +133,15 @@ class Segment:
         self._bands: dict[str, list[str]] | None = None
         self._index: Any = None
         self._lock = threading.Lock()
+        # Held from the start: a commit's clean-up may remove this segment's folder before a
+        # reader of an older generation first searches it; the open file stays readable.
+        self._vectors_fd = _open_quietly(self.folder / VECTORS)
+        if self._vectors_fd is not None:
+            weakref.finalize(self, os.close, self._vectors_fd)
         self._dead: np.ndarray | None = None
         self._ids: np.ndarray | None = None
         self._dead_text: dict[str, Any] | None = None
+        self._not_dead: tuple[Any, Any] | None = None
         self._tokens: int | None = record.get("counts", {}).get("tokens")
 
     def close(self) -> None:
@@ -169,11 +176,14 @@ class Segment:
 
         path = self.folder / VECTORS
         key = (str(path), str(self.record.get("files", {}).get(VECTORS, {}).get("sha256", "")))
+        readable = f"/proc/self/fd/{self._vectors_fd}" if self._vectors_fd is not None else str(path)
+        if not os.path.exists(readable):
+            readable = str(path)
         with _loading:
             index = _loaded.get(key) if key[1] else None
             if index is None:
                 try:
-                    index = faiss.read_index(str(path))
+                    index = faiss.read_index(readable)
                 except RuntimeError as e:
                     raise IndexCorrupt(f"{path} cannot be read ({e}); {recover_hint(self.root)}") from None
                 if key[1]:
@@ -249,10 +259,7 @@ class Segment:
         if self.live == 0:
             return []
         index = self.index
-        sel = selector
-        if sel is None and len(self.dead_chunks()):
-            inner = faiss.IDSelectorBatch(self.dead_chunks())
-            sel = faiss.IDSelectorNot(inner)
+        sel = selector if selector is not None else self._live_selector()
         k = min(k, int(index.ntotal))
         if sel is None:
             scores, ids = index.search(q, k)
@@ -265,6 +272,17 @@ class Segment:
             nprobe = ivf.nlist if filtered else ivf.nprobe
             scores, ids = index.search(q, k, params=faiss.SearchParametersIVF(sel=sel, nprobe=nprobe))
         return [(int(i), float(s)) for i, s in zip(ids[0], scores[0], strict=True) if i >= 0]
+
+    def _live_selector(self) -> Any:
+        """A FAISS selector leaving out the dead rows (None when there are none), made once."""
+        import faiss
+
+        if self._not_dead is None and len(self.dead_chunks()):
+            with self._lock:
+                if self._not_dead is None:
+                    dead = faiss.IDSelectorBatch(self.dead_chunks())
+                    self._not_dead = (dead, faiss.IDSelectorNot(dead))
+        return self._not_dead[1] if self._not_dead is not None else None
 
     # -- keywords ----------------------------------------------------------------------------
 
@@ -340,7 +358,13 @@ class Segment:
             ids = self.dead_chunks().tolist()
             texts = self.indexed_texts(ids)
             toks = terms([texts[i] for i in ids]) if ids else []
-            self._dead_text = {"rows": len(ids), "tokens": sum(len(t) for t in toks), "terms": toks}
+            holding = Counter(t for row in toks for t in set(row))
+            self._dead_text = {
+                "rows": len(ids),
+                "tokens": sum(len(t) for t in toks),
+                "terms": toks,
+                "df": holding,
+            }
         return self._dead_text
 
     # -- near-duplicates ---------------------------------------------------------------------
@@ -387,6 +411,13 @@ class Segment:
         return f"{column} NOT IN (SELECT value FROM json_each(?))", [self._deleted_json]
 
 
+def _open_quietly(path: Path) -> int | None:
+    try:
+        return os.open(path, os.O_RDONLY)
+    except OSError:
+        return None  # reported as missing or unreadable when it is first read
+
+
 class SegmentWriter:
     """A new segment, written into a temporary folder and renamed into place by `finish`."""
 
@@ -395,7 +426,8 @@ class SegmentWriter:
         self.name = name
         self.tmp = root / f"{name}.tmp"
         if (root / name).exists():
-            shutil.rmtree(root / name)  # left by a crashed commit: no generation lists it
+            # Names come past every folder on disk (`files.next_free_segment`): never here.
+            raise RuntimeError(f"internal error: segment {root / name} exists already")
         if self.tmp.exists():
             shutil.rmtree(self.tmp)
         self.tmp.mkdir(parents=True)

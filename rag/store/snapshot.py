@@ -139,8 +139,14 @@ class Snapshot:
         q = np.ascontiguousarray(vector.reshape(1, -1), dtype=np.float32)
         selector = None
         if allowed is not None:
-            selector = faiss.IDSelectorBatch(np.asarray(allowed, dtype=np.int64))
-            k = min(k, len(allowed))
+            wanted = np.asarray(allowed, dtype=np.int64)
+            dead = [seg.dead_chunks() for seg in self.segments if seg.deleted]
+            if dead:
+                wanted = np.setdiff1d(wanted, np.concatenate(dead))
+                if not len(wanted):
+                    return []
+            selector = faiss.IDSelectorBatch(wanted)
+            k = min(k, len(wanted))
         alone, views = self._searched()
         hits: list[tuple[int, float]] = []
         for seg in alone:
@@ -240,15 +246,16 @@ class Snapshot:
         rows = tokens = 0
         hits = [0] * len(phrases)
         for seg in self.segments:
-            dead = seg.dead_text() if seg.deleted else {"rows": 0, "tokens": 0, "terms": []}
+            dead = seg.dead_text() if seg.deleted else {"rows": 0, "tokens": 0, "terms": [], "df": {}}
             rows += seg.rows - dead["rows"]
             tokens += seg.tokens() - dead["tokens"]
             singles = seg.term_rows([p[0] for p in phrases if len(p) == 1])
             for n, (word, phrase) in enumerate(zip(words, phrases, strict=True)):
-                if not phrase:
-                    continue
-                held = singles.get(phrase[0], 0) if len(phrase) == 1 else seg.phrase_rows(f'"{word}"')
-                hits[n] += held - sum(1 for toks in dead["terms"] if occurrences(toks, phrase))
+                if len(phrase) == 1:
+                    hits[n] += singles.get(phrase[0], 0) - dead["df"].get(phrase[0], 0)
+                elif phrase:
+                    gone = sum(1 for toks in dead["terms"] if occurrences(toks, phrase))
+                    hits[n] += seg.phrase_rows(f'"{word}"') - gone
         return rows, tokens, hits
 
     def document_frequencies(self, words: Sequence[str]) -> dict[str, int]:
@@ -259,9 +266,9 @@ class Snapshot:
             for term, n in seg.term_rows(wanted).items():
                 out[term] += n
             if seg.deleted:
-                for toks in seg.dead_text()["terms"]:
-                    for term in set(toks) & set(wanted):
-                        out[term] -= 1
+                gone = seg.dead_text()["df"]
+                for term in wanted:
+                    out[term] -= gone.get(term, 0)
         return out
 
     # -- articles ----------------------------------------------------------------------------

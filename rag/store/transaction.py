@@ -190,7 +190,9 @@ class Transaction:
         number = int(gens[-1].split("-")[1]) + 1 if gens else 1
         gen = f"gen-{number:06d}"
         next_id = base.next_id() if base else 0
-        next_segment = int(manifest.get("next_segment", 1))
+        # Past every segment on disk too: a rebuild has no base, and what a crashed commit
+        # left is never overwritten while a kept generation may list a folder of that name.
+        next_segment = max(int(manifest.get("next_segment", 1)), files.next_free_segment(self.root))
         meta = {**(base.all_meta() if base else {}), **self._meta}
 
         # The segments this generation keeps, each with the ids it no longer serves.
@@ -278,15 +280,6 @@ class Transaction:
         files._fsync(self.root)
         # The commit point: one atomic rename of the pointer.
         files.point_at(self.root, gen, raw)
-        files._Verified.remember(
-            self.root,
-            {
-                f"{r['name']}/{n}": info["sha256"]
-                for r in records
-                if r["name"] in written
-                for n, info in r["files"].items()
-            },
-        )
         log.info(
             "committed %s: %d articles, %d chunks in %d segment(s)",
             gen,
@@ -427,7 +420,10 @@ def compact(
     with files.writer_lock(root):
         base = Snapshot.open(root)
         try:
-            if len(base.segments) < 2 and not any(s.deleted for s in base.segments):
+            sizes = {s.name: _live(s) for s in base.segments}
+            kept = [s for s in base.segments if sizes[s.name]["articles"] or sizes[s.name]["copies"]]
+            fold = _to_fold(kept, sizes, "all" if everything else "small", 0)
+            if len(fold) < 2 and not (fold and fold[0].deleted) and len(kept) == len(base.segments):
                 return None
             tx = Transaction(
                 root,

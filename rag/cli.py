@@ -30,6 +30,18 @@ def _settings_options(*names: str) -> Callable[[F], F]:
             metavar="NAME",
             help="Which collection under the index folder [env RAG_COLLECTION; default: default].",
         ),
+        "store": click.option(
+            "--store",
+            type=click.Choice(["faiss", "qdrant"]),
+            help="Where a new index goes [env RAG_STORE; default faiss; an existing index's own store "
+            "is used without it].",
+        ),
+        "qdrant_url": click.option(
+            "--qdrant-url",
+            metavar="URL",
+            help="With --store qdrant: a Qdrant server or cluster [env RAG_QDRANT_URL; default: local "
+            "mode inside the index folder].",
+        ),
         "embedder": click.option("--embedder", help="sentence-transformers name or path [env RAG_EMBEDDER]."),
         "embed_backend": click.option(
             "--embed-backend",
@@ -194,7 +206,7 @@ def _handle_errors(fn: F) -> F:
 # Options that come with another wherever it is taken: the index folder with the collection
 # in it, the embed backend with where the remote one is.
 _COMPANIONS = {
-    "index": ("collection",),
+    "index": ("collection", "store", "qdrant_url"),
     "embed_backend": ("embed_base_url", "embed_model", "embed_api_key", "embed_timeout"),
 }
 
@@ -363,10 +375,10 @@ def watch(targets: tuple[str, ...], every: str, passes: int | None, **kw: Any) -
 @_handle_errors
 def list_(as_json: bool, **kw: Any) -> None:
     """List the indexed articles with their chunk counts."""
-    from .store import Snapshot
+    from .store import open_index
 
     settings = _split(kw, "index")
-    snap = Snapshot.open(_folder(settings))
+    snap = open_index(_folder(settings))
     for a in snap.articles():
         if as_json:
             click.echo(json.dumps(a.__dict__, ensure_ascii=False))
@@ -400,10 +412,10 @@ def remove(article_ids: tuple[str, ...], **kw: Any) -> None:
 @_handle_errors
 def stats(as_json: bool, **kw: Any) -> None:
     """Show what the index holds and what built it."""
-    from .store import Snapshot, wants_compaction
+    from .store import open_index, wants_compaction
 
     settings = _split(kw, "index")
-    snap = Snapshot.open(_folder(settings))
+    snap = open_index(_folder(settings))
     info = snap.stats()
     if as_json:
         click.echo(json.dumps(info, indent=2))
@@ -426,11 +438,14 @@ def compact(everything: bool, **kw: Any) -> None:
     segment, and folds small segments as they pile up; this folds the rest (every segment but
     the largest, which is kept unless a fifth of it was removed), so searches read fewer.
     A running `rag serve` switches to the result at its next question."""
-    from .store import Snapshot
+    from .store import Snapshot, store_of
     from .store import compact as run_compact
 
     settings = _split(kw, "index")
     folder = _folder(settings)
+    if store_of(folder) != "faiss":
+        click.echo(f"{folder} is on Qdrant, which folds its own segments: nothing to do")
+        return
     snap = Snapshot.open(folder, verify=False)
     before = len(snap.segments)
     snap.close()
@@ -445,12 +460,49 @@ def compact(everything: bool, **kw: Any) -> None:
 
 @cli.command()
 @_settings_options("index")
+@click.option(
+    "--to", "to", type=click.Choice(["faiss", "qdrant"]), required=True, help="The store to move to."
+)
+@_handle_errors
+def migrate(to: str, **kw: Any) -> None:
+    """Move the index to another store: `--to qdrant` (a Qdrant server with --qdrant-url, else
+    local mode inside the index folder) or back `--to faiss`. Articles, chunks, vectors,
+    copies and feed state go over as they are (nothing is embedded again); the index folder
+    then records the new store, so later commands need no flag."""
+    from .store import migrate as run_migrate
+
+    settings = _split(kw, "index")
+    folder = _folder(settings)
+    with click.progressbar(length=1, label="Moving articles", file=sys.stderr) as bar:
+
+        def moved(done: int, total: int) -> None:
+            bar.length = total
+            bar.update(done - bar.pos)
+
+        gen = run_migrate(
+            folder,
+            to=to,
+            qdrant_url=settings.qdrant_url,
+            ann_threshold=settings.ann_threshold,
+            progress=moved,
+        )
+    click.echo(f"{folder} is now on the {to} store ({gen})")
+
+
+@cli.command()
+@_settings_options("index")
 @_handle_errors
 def recover(**kw: Any) -> None:
     """Go back to the newest intact generation of a damaged index."""
     from .store import recover as run_recover
+    from .store import store_of
 
     settings = _split(kw, "index")
+    if store_of(_folder(settings)) != "faiss":
+        raise click.UsageError(
+            f"{settings.folder} is on Qdrant, which keeps its own storage and recovery; "
+            "`rag recover` goes back to an earlier generation of the FAISS store"
+        )
     gen = run_recover(_folder(settings))
     click.echo(f"{settings.folder} now serves {gen}")
 
@@ -583,14 +635,14 @@ def summarize(
     list` shows them), or those a request names ("what do my articles say about sanctions",
     "the article about the bridge vote"); with nothing given, the index's only article.
     Each section of an article is one point; points of long articles or several are combined."""
-    from .store import Snapshot
+    from .store import open_index
     from .summary import progress_text
 
     filters = _filters(kw)
     pinned = _pinned(kw)
     settings = _split(kw, *SETTING_NAMES)
     try:
-        snap: Snapshot | None = Snapshot.open(settings.folder, verify=False)
+        snap: Any = open_index(settings.folder, verify=False)
     except RagError:
         snap = None
     ids = targets if len(targets) > 1 or (snap is not None and targets and snap.article(targets[0])) else ()
@@ -630,14 +682,14 @@ def compare(targets: tuple[str, ...], as_json: bool, server: str | None, local: 
     names or claims differ, what one alone reports, each point cited. The articles of 2 to
     5 ids (as `rag list` shows them), or those a request names ("how did outlets report the
     strike", "the Northvale budget"); with nothing given, all of the index's 2 to 5."""
-    from .store import Snapshot
+    from .store import open_index
     from .summary import MAX_ARTICLES
 
     filters = _filters(kw)
     pinned = _pinned(kw)
     settings = _split(kw, *SETTING_NAMES)
     try:
-        snap: Snapshot | None = Snapshot.open(settings.folder, verify=False)
+        snap: Any = open_index(settings.folder, verify=False)
     except RagError:
         snap = None
     ids: tuple[str, ...] = ()

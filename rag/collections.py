@@ -16,7 +16,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import CollectionNotFound, ConfigError
+from .errors import CollectionNotFound, ConfigError, RagError
 from .store import CURRENT, MANIFEST, writer_lock
 
 log = logging.getLogger(__name__)
@@ -112,10 +112,20 @@ def delete(root: str | os.PathLike[str], name: str) -> None:
 
 def info(root: str | os.PathLike[str]) -> list[CollectionInfo]:
     """Every collection with its article and chunk counts (0 for an empty one)."""
+    from .store import open_index, store_of
+
     out = []
     for name in names(root):
         path = folder(root, name)
         articles = chunks = 0
+        if store_of(path) != "faiss":
+            try:
+                counts = open_index(path).manifest["counts"]
+                articles, chunks = int(counts["articles"]), int(counts["chunks"])
+            except RagError:
+                pass
+            out.append(CollectionInfo(name, str(path), articles, chunks))
+            continue
         try:
             gen = (path / CURRENT).read_text(encoding="ascii").split()[0]
             counts = json.loads((path / gen / MANIFEST).read_text(encoding="utf-8"))["counts"]

@@ -17,7 +17,7 @@ from .errors import ConfigError, IndexNotFound, InputError
 from .feeds import FeedState
 from .loaders import discover, load_file
 from .settings import Settings
-from .store import Snapshot, Transaction, article_hash, writer_lock
+from .store import Transaction, article_hash, begin, open_index, writer_lock
 from .types import Article, Chunk, IngestReport
 from .web import is_url
 
@@ -154,7 +154,7 @@ def _url_items(
 def _stored_meta(settings: Settings, key: str) -> str | None:
     try:
         # Not verified here: the transaction that follows verifies the generation once.
-        snap = Snapshot.open(settings.folder, verify=False)
+        snap = open_index(settings.folder, verify=False)
     except IndexNotFound:
         return None
     try:
@@ -306,13 +306,22 @@ def _transaction(
     if not eager:
         # A removal needs no embedder unless a copy is promoted: the index's own record
         # stands for it, and the real one is loaded only then.
-        snap = Snapshot.open(root, verify=False)  # the transaction verifies it
+        snap = open_index(root, verify=False)  # the transaction verifies it
         record, chunking = snap.embedder, snap.manifest["chunking"]
         snap.close()
-        return Transaction(root, embedder=record, chunking=chunking, ann_threshold=settings.ann_threshold)
+        return begin(
+            root,
+            store=settings.store,
+            qdrant_url=settings.qdrant_url,
+            embedder=record,
+            chunking=chunking,
+            ann_threshold=settings.ann_threshold,
+        )
     e = embedder()
-    return Transaction(
+    return begin(
         root,
+        store=settings.store,
+        qdrant_url=settings.qdrant_url,
         embedder={
             "name": e.name,
             "dimension": e.dimension,

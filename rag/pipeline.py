@@ -31,7 +31,8 @@ from .ingest import ingest as _ingest
 from .ingest import remove as _remove
 from .retrieval import answering, answering_alike, by_date, evidence, newest_first, rerank, search
 from .settings import Settings
-from .store import CURRENT, ChunkRow, Snapshot
+from .store import ChunkRow, Snapshot, open_index
+from .store import pointer as store_pointer
 from .summary import Task
 from .types import (
     GATE,
@@ -196,18 +197,15 @@ class RAG:
     def snapshot(self) -> Snapshot | None:
         """The live generation, reopened when a writer has committed a new one."""
         root = self.settings.folder
-        try:
-            pointer = (root / CURRENT).read_text(encoding="ascii", errors="replace")
-        except FileNotFoundError:
-            pointer = ""
-            if not K.exists(self.settings.index, self.settings.collection):
-                raise K.missing(self.settings.index, self.settings.collection) from None
+        pointer = store_pointer(root)
+        if not pointer and not K.exists(self.settings.index, self.settings.collection):
+            raise K.missing(self.settings.index, self.settings.collection) from None
         with self._load_lock:
             if self._snapshot is not None and pointer == self._pointer:
                 return self._snapshot
             try:
                 # Segments the new generation keeps are not read again.
-                snap = Snapshot.open(root, previous=self._snapshot)
+                snap = open_index(root, previous=self._snapshot)
             except IndexNotFound:
                 self._snapshot, self._pointer = None, pointer
                 return None

@@ -27,6 +27,8 @@ ENV_VARS: dict[str, str] = {
     "embed_model": "RAG_EMBED_MODEL",
     "embed_api_key": "RAG_EMBED_API_KEY",
     "embed_timeout": "RAG_EMBED_TIMEOUT",
+    "store": "RAG_STORE",
+    "qdrant_url": "RAG_QDRANT_URL",
     "top_k": "RAG_TOP_K",
     "n_ctx": "RAG_N_CTX",
     "threads": "RAG_THREADS",
@@ -89,6 +91,10 @@ class Settings:
             `embedder` name. Chunking counts tokens with `embedder`'s local tokenizer.
         embed_api_key: sent to it as a bearer token, if any.
         embed_timeout: seconds to wait for each batch of embeddings.
+        store: where a new index goes: `faiss` (the index folder) or `qdrant` (a Qdrant
+            collection: `qdrant_url`, else local mode inside the index folder); empty: as
+            an existing index records, else `faiss`.
+        qdrant_url: a Qdrant server or cluster, e.g. `http://127.0.0.1:6333`.
         model: GGUF path, or a bundled alias (`smollm2`, `qwen2.5-0.5b`).
         top_k: passages given to the model per question.
         n_ctx: the model's context window in tokens.
@@ -157,6 +163,8 @@ class Settings:
     embed_model: str = ""
     embed_api_key: str = field(default="", repr=False)
     embed_timeout: float = 60.0
+    store: str = ""
+    qdrant_url: str = ""
     model: str = "qwen2.5-0.5b"
     top_k: int = 5
     n_ctx: int = 4096
@@ -230,6 +238,8 @@ class Settings:
             raise ConfigError(
                 f"embed_backend must be one of {', '.join(EMBED_BACKENDS)}, got {self.embed_backend!r}"
             )
+        if self.store not in ("", "faiss", "qdrant"):
+            raise ConfigError(f"store must be faiss or qdrant, got {self.store!r}")
         if self.rewrite not in REWRITES:
             raise ConfigError(f"rewrite must be one of {', '.join(REWRITES)}, got {self.rewrite!r}")
         if self.context not in CONTEXTS:

@@ -116,10 +116,12 @@ def run_trials(tmp_path: Path, kills: int, seed: int, max_trials: int) -> dict[s
             assert proc.returncode == 0, proc.stderr.read() if proc.stderr else ""
             stats["completed"] += 1
             full *= 0.9  # it ran faster than the probe: aim earlier
-        # A commit had begun if a new generation folder (finished or not) is on disk.
+        # A commit had begun if a new generation or segment folder (finished or not) is on disk.
         gens = [p.name for p in index.iterdir() if p.name.startswith("gen-")]
         live = (index / "CURRENT").read_text().split()[0]
-        if proc.returncode != 0 and any(g != live and g != "gen-000001" for g in gens):
+        listed = {r["name"] for r in Snapshot.open(index, verify=False).manifest["segments"]}
+        segs = [p.name for p in index.iterdir() if p.name.startswith("seg-") and p.name not in listed]
+        if proc.returncode != 0 and (segs or any(g != live and g != "gen-000001" for g in gens)):
             stats["in_commit"] += 1
         check(index, docs)
         # The next ingest always recovers to the full new state.

@@ -30,7 +30,81 @@ AGREEMENT = 0.99
 CANDIDATES_PER_RESULT = 2
 
 
-class Snapshot:
+def check_embedder(
+    root: Path,
+    built: dict[str, Any],
+    name: str,
+    dimension: int,
+    *,
+    backend: str = "torch",
+    agreement: Callable[[dict[str, Any]], float] | None = None,
+) -> None:
+    """Raise unless vectors made by this embedder can be searched against those an index
+    records it was `built` with: the same model, and with another backend, vectors of the
+    index's probe texts within AGREEMENT cosine of the recorded ones."""
+    if built["name"] != name or built["dimension"] != dimension:
+        raise EmbedderMismatch(
+            f"index {root} was built with embedder {built['name']!r} "
+            f"(dimension {built['dimension']}), not {name!r} (dimension {dimension}); "
+            f"use --embedder {built['name']} or rebuild with `rag ingest --rebuild`"
+        )
+    made_by = built.get("backend", "torch")
+    if backend == made_by:
+        return
+    probe = built.get("probe")
+    if not probe:
+        raise EmbedderMismatch(
+            f"index {root} records no probe of its vectors (built before embed "
+            f"backends were recorded, by {made_by!r}), so {backend!r} cannot be checked "
+            f"against them; use --embed-backend {made_by} or rebuild with `rag ingest --rebuild`"
+        )
+    cosine = agreement(probe) if agreement is not None else 0.0
+    if cosine < AGREEMENT:
+        raise EmbedderMismatch(
+            f"index {root} was built with embed backend {made_by!r}, whose vectors "
+            f"{backend!r} does not reproduce (probe cosine {cosine:.4f} < {AGREEMENT}); "
+            f"use --embed-backend {made_by} or rebuild with `rag ingest --rebuild`"
+        )
+
+
+class Reading:
+    """What every store's generation answers from its manifest: what built it and how many
+    chunks it serves."""
+
+    root: Path
+    manifest: dict[str, Any]
+
+    @property
+    def embedder(self) -> dict[str, Any]:
+        return dict(self.manifest["embedder"])
+
+    def check_embedder(
+        self,
+        name: str,
+        dimension: int,
+        *,
+        backend: str = "torch",
+        agreement: Callable[[dict[str, Any]], float] | None = None,
+    ) -> None:
+        """Raise unless vectors made by this embedder can be searched against the index's."""
+        check_embedder(
+            self.root, self.manifest["embedder"], name, dimension, backend=backend, agreement=agreement
+        )
+
+    def __len__(self) -> int:
+        return int(self.manifest["counts"]["chunks"])
+
+    _dates: dict[str, date | None]
+
+    def _in_range(self, article_id: str, raw: str, lo: date | None, hi: date | None) -> bool:
+        # Parsed once per snapshot: the generation never changes under it.
+        if article_id not in self._dates:
+            self._dates[article_id] = article_date(raw)
+        day = self._dates[article_id]
+        return day is not None and (lo is None or day >= lo) and (hi is None or day <= hi)
+
+
+class Snapshot(Reading):
     """One committed generation, opened read-only: safe to search while a writer commits."""
 
     def __init__(
@@ -75,54 +149,11 @@ class Snapshot:
             seg.close()
 
     @property
-    def embedder(self) -> dict[str, Any]:
-        return dict(self.manifest["embedder"])
-
-    @property
     def index(self) -> Any:
         """The FAISS index, for an index of one segment (`rag compact` makes one)."""
         if len(self.segments) != 1:
             raise ValueError(f"{self.root} has {len(self.segments)} segments, not one; search with `search`")
         return self.segments[0].index
-
-    def check_embedder(
-        self,
-        name: str,
-        dimension: int,
-        *,
-        backend: str = "torch",
-        agreement: Callable[[dict[str, Any]], float] | None = None,
-    ) -> None:
-        """Raise unless vectors made by this embedder can be searched against the index's:
-        the same model, and with another backend, vectors of the index's probe texts within
-        AGREEMENT cosine of the recorded ones."""
-        built = self.manifest["embedder"]
-        if built["name"] != name or built["dimension"] != dimension:
-            raise EmbedderMismatch(
-                f"index {self.root} was built with embedder {built['name']!r} "
-                f"(dimension {built['dimension']}), not {name!r} (dimension {dimension}); "
-                f"use --embedder {built['name']} or rebuild with `rag ingest --rebuild`"
-            )
-        made_by = built.get("backend", "torch")
-        if backend == made_by:
-            return
-        probe = built.get("probe")
-        if not probe:
-            raise EmbedderMismatch(
-                f"index {self.root} records no probe of its vectors (built before embed "
-                f"backends were recorded, by {made_by!r}), so {backend!r} cannot be checked "
-                f"against them; use --embed-backend {made_by} or rebuild with `rag ingest --rebuild`"
-            )
-        cosine = agreement(probe) if agreement is not None else 0.0
-        if cosine < AGREEMENT:
-            raise EmbedderMismatch(
-                f"index {self.root} was built with embed backend {made_by!r}, whose vectors "
-                f"{backend!r} does not reproduce (probe cosine {cosine:.4f} < {AGREEMENT}); "
-                f"use --embed-backend {made_by} or rebuild with `rag ingest --rebuild`"
-            )
-
-    def __len__(self) -> int:
-        return int(self.manifest["counts"]["chunks"])
 
     # -- vectors -----------------------------------------------------------------------------
 
@@ -316,13 +347,6 @@ class Snapshot:
                     self._any_dated = True
                     break
         return self._any_dated
-
-    def _in_range(self, article_id: str, raw: str, lo: date | None, hi: date | None) -> bool:
-        # Parsed once per snapshot: the generation never changes under it.
-        if article_id not in self._dates:
-            self._dates[article_id] = article_date(raw)
-        day = self._dates[article_id]
-        return day is not None and (lo is None or day >= lo) and (hi is None or day <= hi)
 
     def chunks(self, ids: Sequence[int]) -> list[ChunkRow]:
         """Rows for `ids`, in the same order."""

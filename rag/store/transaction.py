@@ -37,38 +37,24 @@ COMPACT_SEGMENTS = 16
 COMPACT_DEAD = 0.2
 
 
-class Transaction:
-    """Changes staged against the current generation, written as the next one by `commit`."""
+class Staged:
+    """What a transaction stages, whatever store commits it: articles put (with chunks,
+    vectors and signature), copies put, ids removed, feed state; and the answers ingest asks
+    of it before the commit (is this id indexed, what is its hash, what copies does it have).
+    `base` is the live generation; `_replaced` holds ids the store still has that count as
+    gone (a rebuild's)."""
 
-    def __init__(
+    base: Any
+
+    def _built_with(
         self,
-        root: Path,
-        *,
         embedder: dict[str, Any],
-        chunking: dict[str, Any],
-        rebuild: bool = False,
-        ann_threshold: int | None = None,
-        agreement: Callable[[dict[str, Any]], float] | None = None,
-        probe: Callable[[], dict[str, Any]] | None = None,
+        agreement: Callable[[dict[str, Any]], float] | None,
+        probe: Callable[[], dict[str, Any]] | None,
     ) -> None:
-        self.root = root
+        """`self.embedder`: the record of what embeds this commit, checked against the index's."""
         self.embedder = embedder
-        self.chunking = chunking
-        self.ann_threshold = default_ann_threshold() if ann_threshold is None else ann_threshold
-        if not isinstance(self.ann_threshold, int) or self.ann_threshold < 2:
-            raise ConfigError(f"ann_threshold must be an integer >= 2, got {self.ann_threshold!r}")
-        self.base: Snapshot | None = None
-        self._keep: str | None = None
-        if rebuild:
-            with contextlib.suppress(IndexNotFound, IndexCorrupt):
-                self._keep = read_pointer(root)[0]
-        else:
-            try:
-                self.base = Snapshot.open(root)
-            except IndexNotFound:
-                self.base = None
         if self.base is not None:
-            self._keep = self.base.generation
             self.base.check_embedder(
                 embedder["name"],
                 embedder["dimension"],
@@ -77,20 +63,17 @@ class Transaction:
             )
             # The index keeps the record of the backend that made it and its probe.
             built = self.base.embedder
-            self.embedder = {
-                **embedder,
-                **{k: built[k] for k in ("backend", "probe") if k in built},
-            }
+            self.embedder = {**embedder, **{k: built[k] for k in ("backend", "probe") if k in built}}
         if not self.embedder.get("probe") and probe is not None:
             # Computed only for an index that has none yet (new, or from before probes).
             self.embedder = {**self.embedder, "probe": probe()}
-        holders = self.base.holders() if self.base else {}
-        self._hashes = {aid: h for aid, (h, _) in holders.items()}
-        self._holder = {aid: seg for aid, (_, seg) in holders.items()}
-        self._copies = self.base.copy_records() if self.base else {}
-        self._holder.update(self.base.copy_holders() if self.base else {})
+
+    def _stage(self, hashes: dict[str, str], copies: dict[str, tuple[str, str]], replaced: set[str]) -> None:
+        self._hashes = hashes
+        self._copies = copies
+        self._replaced = replaced
         self._puts: dict[str, tuple[Article, str, list[Chunk], np.ndarray, np.ndarray | None]] = {}
-        self._removes: set[str] = set()
+        self._removes: set[str] = set(replaced)
         self._put_copies: dict[str, tuple[Article, str, str, float]] = {}
         self._meta: dict[str, str] = {}
 
@@ -139,7 +122,7 @@ class Transaction:
 
     def _stage_gone(self, article_id: str) -> None:
         # Whatever the id was before (an indexed article or a copy) is replaced at commit.
-        if article_id in self._hashes or article_id in self._copies:
+        if article_id in self._hashes or article_id in self._copies or article_id in self._replaced:
             self._removes.add(article_id)
         else:
             self._removes.discard(article_id)
@@ -176,6 +159,47 @@ class Transaction:
     @property
     def dirty(self) -> bool:
         return bool(self._puts or self._removes or self._put_copies or self._meta)
+
+
+class Transaction(Staged):
+    """Changes staged against the current generation, written as the next one by `commit`."""
+
+    def __init__(
+        self,
+        root: Path,
+        *,
+        embedder: dict[str, Any],
+        chunking: dict[str, Any],
+        rebuild: bool = False,
+        ann_threshold: int | None = None,
+        agreement: Callable[[dict[str, Any]], float] | None = None,
+        probe: Callable[[], dict[str, Any]] | None = None,
+    ) -> None:
+        self.root = root
+        self.embedder = embedder
+        self.chunking = chunking
+        self.ann_threshold = default_ann_threshold() if ann_threshold is None else ann_threshold
+        if not isinstance(self.ann_threshold, int) or self.ann_threshold < 2:
+            raise ConfigError(f"ann_threshold must be an integer >= 2, got {self.ann_threshold!r}")
+        self.base: Snapshot | None = None
+        self._keep: str | None = None
+        if rebuild:
+            with contextlib.suppress(IndexNotFound, IndexCorrupt):
+                self._keep = read_pointer(root)[0]
+        else:
+            try:
+                self.base = Snapshot.open(root)
+            except IndexNotFound:
+                self.base = None
+        if self.base is not None:
+            self._keep = self.base.generation
+        self._built_with(embedder, agreement, probe)
+        holders = self.base.holders() if self.base else {}
+        self._holder = {aid: seg for aid, (_, seg) in holders.items()}
+        self._holder.update(self.base.copy_holders() if self.base else {})
+        self._stage(
+            {aid: h for aid, (h, _) in holders.items()}, self.base.copy_records() if self.base else {}, set()
+        )
 
     def commit(self, *, compact: str = "") -> str:
         """Write the next generation and make it live; returns its name. Only what changed

@@ -180,7 +180,9 @@ class Collections:
         found = self.client.retrieve(self.meta, ids=[_META_ID], with_payload=True)
         return dict(found[0].payload) if found else None
 
-    def scroll(self, collection: str, flt: Any, *, fields: Sequence[str] | bool = True) -> Iterator[Any]:
+    def scroll(self, collection: str, flt: Any, *, fields: Any = True) -> Iterator[Any]:
+        """Every point `flt` selects, page by page, with the payload `fields` names (True: all,
+        False: none, a list of keys or a payload selector)."""
         offset = None
         while True:
             points, offset = self.client.scroll(
@@ -188,7 +190,7 @@ class Collections:
                 scroll_filter=flt,
                 limit=_PAGE,
                 offset=offset,
-                with_payload=list(fields) if not isinstance(fields, bool) else fields,
+                with_payload=list(fields) if isinstance(fields, (list, tuple)) else fields,
             )
             yield from points
             if offset is None:
@@ -377,14 +379,22 @@ class QdrantSnapshot(Reading):
     # -- articles ----------------------------------------------------------------------------
 
     def _all(self) -> dict[str, dict[str, Any]]:
-        """Every live article and copy point's payload, by id (read once per snapshot)."""
+        """Every live article and copy point's payload but its text, by id (read once per
+        snapshot); `_text` reads the text of one."""
+        from qdrant_client import models
+
         with self._lock:
             if self._articles is None:
-                self._articles = {
-                    p.payload["aid"]: dict(p.payload)
-                    for p in self.where.scroll(self.where.articles, self._seen())
-                }
+                but_text = models.PayloadSelectorExclude(exclude=["text"])
+                found = self.where.scroll(self.where.articles, self._seen(), fields=but_text)
+                self._articles = {p.payload["aid"]: dict(p.payload) for p in found}
             return self._articles
+
+    def _text(self, article_id: str) -> str:
+        points = list(
+            self.where.scroll(self.where.articles, self._seen(_match("aid", [article_id])), fields=["text"])
+        )
+        return str(points[0].payload["text"]) if points else ""
 
     def _indexed(self) -> list[dict[str, Any]]:
         return [a for a in self._all().values() if a["kind"] == "article"]
@@ -477,7 +487,7 @@ class QdrantSnapshot(Reading):
 
     def copy_article(self, copy_id: str) -> Article | None:
         a = self._all().get(copy_id)
-        return _article(a) if a is not None and a["kind"] == "copy" else None
+        return _article(a, self._text(copy_id)) if a is not None and a["kind"] == "copy" else None
 
     def signatures(self) -> Iterator[tuple[str, np.ndarray]]:
         for a in self._indexed():
@@ -504,7 +514,7 @@ class QdrantSnapshot(Reading):
         a = self._all().get(article_id)
         if a is None or a["kind"] != "article":
             return None
-        return _info(a, self._copy_counts().get(article_id, 0)), a["text"]
+        return _info(a, self._copy_counts().get(article_id, 0)), self._text(article_id)
 
     def paths(self) -> list[tuple[str, str]]:
         return [(a["aid"], a["path"]) for a in self._all().values()]
@@ -543,12 +553,12 @@ def _sig(hexed: str) -> np.ndarray:
 def _info(a: dict[str, Any], copies: int) -> ArticleInfo:
     return ArticleInfo(
         a["aid"], a["title"], a["date"], a["url"], a["author"], a["source"], a["path"],
-        int(a.get("chunks", 0)), len(a["text"]), copies=copies,
+        int(a.get("chunks", 0)), int(a.get("chars", 0)), copies=copies,
     )  # fmt: skip
 
 
-def _article(a: dict[str, Any]) -> Article:
-    return Article(a["aid"], a["text"], a["title"], a["date"], a["url"], a["author"], a["source"], a["path"])
+def _article(a: dict[str, Any], text: str) -> Article:
+    return Article(a["aid"], text, a["title"], a["date"], a["url"], a["author"], a["source"], a["path"])
 
 
 # -- writing ---------------------------------------------------------------------------------
@@ -709,5 +719,5 @@ def _payload(article: Article, digest: str, gen: int, now: float, **extra: Any) 
     return {
         "aid": article.id, "title": article.title, "date": article.date, "url": article.url,
         "author": article.author, "source": article.source, "path": article.path, "hash": digest,
-        "text": article.text, "added_at": now, "gen_added": gen, **extra,
+        "text": article.text, "chars": len(article.text), "added_at": now, "gen_added": gen, **extra,
     }  # fmt: skip

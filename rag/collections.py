@@ -105,9 +105,22 @@ def delete(root: str | os.PathLike[str], name: str) -> None:
     # collection to write into rather than half a deleted one, and a reader sees it gone at once.
     gone = path.with_name(f".deleting-{name}-{os.getpid()}")
     with writer_lock(path):
+        _drop_qdrant(path)
         os.replace(path, gone)
     shutil.rmtree(gone, ignore_errors=True)
     log.info("deleted collection %s", name)
+
+
+def _drop_qdrant(path: Path) -> None:
+    # A collection on Qdrant keeps its data in collections of a server (or in its folder,
+    # through a client this process may hold open): both go with it.
+    from .store import qdrant
+
+    spec = qdrant.recorded(path)
+    if spec is not None:
+        qdrant.Collections(path, spec).drop()
+        if not spec.get("url"):
+            qdrant.forget_client(path)
 
 
 def info(root: str | os.PathLike[str]) -> list[CollectionInfo]:
@@ -118,12 +131,14 @@ def info(root: str | os.PathLike[str]) -> list[CollectionInfo]:
     for name in names(root):
         path = folder(root, name)
         articles = chunks = 0
-        if store_of(path) != "faiss":
-            try:
+        try:
+            on_qdrant = store_of(path) != "faiss"
+            if on_qdrant:
                 counts = open_index(path).manifest["counts"]
                 articles, chunks = int(counts["articles"]), int(counts["chunks"])
-            except RagError:
-                pass
+        except RagError:
+            on_qdrant = True  # unreadable: listed empty (`rag stats --collection` names why)
+        if on_qdrant:
             out.append(CollectionInfo(name, str(path), articles, chunks))
             continue
         try:

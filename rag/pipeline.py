@@ -253,8 +253,10 @@ class RAG:
         """Fold the index's segments together (see `rag.store.compact`): every one but the
         largest, or with `everything` all into one. Returns the new generation, or None when
         there was nothing to fold."""
-        from .store import compact
+        from .store import compact, store_of
 
+        if store_of(self.settings.folder) != "faiss":
+            return None  # Qdrant folds its own segments
         return compact(self.settings.folder, everything=everything, ann_threshold=self.settings.ann_threshold)
 
     def articles(self) -> list[ArticleInfo]:

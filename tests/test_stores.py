@@ -261,3 +261,79 @@ def test_the_bundled_models_answer_and_refuse_from_a_qdrant_index(tmp_path, real
     assert answer.found and "2 million" in answer.answer and answer.cited_sources
     off = r.ask("Who won the 2022 FIFA World Cup?")
     assert not off.found and off.support == "gate"
+
+
+def test_a_move_or_rebuild_that_fails_half_way_leaves_the_index_as_it_was(
+    tmp_path, fake_embedder, monkeypatch
+):
+    """New collections are named in the folder's STORE file only once their first commit is
+    complete: a move to Qdrant that fails leaves the FAISS index serving, and can be run again;
+    a rebuild (even with another embedder) writes new collections and drops the old ones."""
+    from rag.store import migrate, qdrant
+
+    s = settings_for(tmp_path, "faiss")
+    ingest_articles(articles(), settings=s, embedder=fake_embedder)
+
+    def failing_commit(self, **kw):
+        raise RuntimeError("the server went away")
+
+    monkeypatch.setattr(qdrant.QdrantTransaction, "commit", failing_commit)
+    with pytest.raises(RuntimeError):
+        migrate(s.index, to="qdrant")
+    monkeypatch.undo()
+    assert store_of(s.index) == "faiss" and len(open_index(s.index).articles()) == 3
+    migrate(s.index, to="qdrant")
+    assert store_of(s.index) == "qdrant" and len(open_index(s.index).articles()) == 3
+    first = qdrant.recorded(s.index)["collection"]
+
+    other = type(fake_embedder)(name="other", dimension=32)
+    report = ingest_articles(articles()[:1], settings=s.with_(store=""), embedder=other, rebuild=True)
+    assert report.added == ("ferry",)
+    snap = open_index(s.index)
+    assert [a.id for a in snap.articles()] == ["ferry"] and snap.embedder["name"] == "other"
+    assert qdrant.recorded(s.index)["collection"] != first
+    assert not qdrant.Collections(s.index, {"collection": first}).client.collection_exists(f"{first}_meta")
+
+
+def test_a_collection_made_again_under_the_same_name_starts_empty(tmp_path, fake_embedder):
+    r = rag.RAG(rag.Settings(index=tmp_path / "idx", store="qdrant"), embedder=fake_embedder)
+    work = r.create_collection("work")
+    ingest_articles(articles(), settings=work.settings, embedder=fake_embedder)
+    assert len(work.articles()) == 3 and [c.articles for c in r.collections()] == [0, 3]
+    r.delete_collection("work")
+    again = r.create_collection("work")
+    ingest_articles(articles()[:1], settings=again.settings, embedder=fake_embedder)
+    assert [a.id for a in open_index(again.settings.folder).articles()] == ["ferry"]
+
+
+def test_searches_and_a_commit_at_once_on_local_mode(tmp_path, fake_embedder):
+    """Local mode has no locks of its own: the store serialises its calls, so a server's
+    questions and its watcher's commits can share it."""
+    import threading
+
+    s = settings_for(tmp_path, "qdrant")
+    ingest_articles(articles()[:2], settings=s, embedder=fake_embedder)
+    errors: list[BaseException] = []
+    stop = threading.Event()
+
+    def ask() -> None:
+        q = fake_embedder.encode_query("ferry terminal cost")
+        while not stop.is_set():
+            try:
+                snap = open_index(s.index)
+                snap.search(q, 5)
+                snap.keyword_search("ferry terminal", 5)
+            except BaseException as e:  # collected for the assertion below
+                errors.append(e)
+                return
+
+    threads = [threading.Thread(target=ask) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for i in range(6):
+        extra = Article(id=f"more{i}", title=f"More {i}", text=f"Another ferry story number {i}. " * 10)
+        ingest_articles([extra], settings=s, embedder=fake_embedder)
+    stop.set()
+    for t in threads:
+        t.join(timeout=30)
+    assert errors == [] and len(open_index(s.index).articles()) == 8

@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
-from ..filters import Filters
 from ..types import Article, Chunk
 from . import files, qdrant
 from .transaction import Transaction
@@ -39,13 +38,8 @@ def migrate(
         raise ConfigError(f"{root} is on the {to} store already")
     with files.writer_lock(root):
         source = open_index(root)
-        spec = qdrant.record(root, qdrant_url) if to == "qdrant" else None
-        if spec is not None:
-            # A collection of this name left by a migration that did not finish: start anew.
-            stale = qdrant.Collections(root, spec)
-            for name in (stale.chunks, stale.articles, stale.meta):
-                if stale.client.collection_exists(name):
-                    stale.client.delete_collection(name)
+        if to == "qdrant":
+            # New collections: the folder's STORE file names them once they are complete.
             target: Any = qdrant.QdrantTransaction(
                 root, url=qdrant_url, embedder=source.embedder, chunking=source.manifest["chunking"]
             )
@@ -58,6 +52,12 @@ def migrate(
                 ann_threshold=ann_threshold,
             )
         signatures = dict(source.signatures())
+        # Every chunk once, grouped by article (not a filtered search per article).
+        rows: dict[str, list[Any]] = {}
+        every = source.chunk_ids()
+        for lo in range(0, len(every), 1024):
+            for row in source.chunks(every[lo : lo + 1024]):
+                rows.setdefault(row.article_id, []).append(row)
         articles = source.articles()
         for n, info in enumerate(articles):
             found = source.article(info.id)
@@ -65,12 +65,10 @@ def migrate(
             article = Article(
                 info.id, found[1], info.title, info.date, info.url, info.author, info.source, info.path
             )
-            rows = sorted(
-                source.chunks(source.filter_chunks(Filters(ids=(info.id,)))), key=lambda r: r.ordinal
-            )
-            chunks = [Chunk(r.article_id, r.ordinal, r.start, r.end, r.text) for r in rows]
+            mine = sorted(rows.get(info.id, []), key=lambda r: r.ordinal)
+            chunks = [Chunk(r.article_id, r.ordinal, r.start, r.end, r.text) for r in mine]
             target.put(
-                article, chunks, source.vectors([r.id for r in rows]), signature=signatures.get(info.id)
+                article, chunks, source.vectors([r.id for r in mine]), signature=signatures.get(info.id)
             )
             if progress:
                 progress(n + 1, len(articles))
@@ -98,10 +96,7 @@ def _forget(root: Path, old_spec: dict[str, Any] | None) -> None:
     """Remove what the store the index left held (its Qdrant collections, or its FAISS
     generations and segments); saved chats, uploads and collections stay."""
     if old_spec is not None:
-        where = qdrant.Collections(root, old_spec)
-        for name in (where.chunks, where.articles, where.meta):
-            if where.client.collection_exists(name):
-                where.client.delete_collection(name)
+        qdrant.Collections(root, old_spec).drop()
         if not old_spec.get("url"):
             qdrant.forget_client(root)
             shutil.rmtree(root / qdrant.LOCAL_FOLDER, ignore_errors=True)

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import atexit
 import contextlib
-import hashlib
 import json
 import logging
 import os
@@ -94,10 +93,10 @@ def recorded(root: Path) -> dict[str, Any] | None:
     return data
 
 
-def record(root: Path, url: str) -> dict[str, Any]:
-    """A new `STORE` record for `root` (written by the first commit)."""
-    name = "rag_" + hashlib.sha256(str(root.resolve()).encode()).hexdigest()[:12]
-    return {"store": "qdrant", "url": url, "collection": name}
+def record(url: str) -> dict[str, Any]:
+    """A new `STORE` record: collections of a name no other index has (two folders, or a
+    folder deleted and made again, never share or inherit data on a server)."""
+    return {"store": "qdrant", "url": url, "collection": "rag_" + uuid.uuid4().hex[:16]}
 
 
 def client(root: Path, url: str) -> Any:
@@ -109,7 +108,7 @@ def client(root: Path, url: str) -> Any:
         found = _clients.get(key)
         if found is None:
             try:
-                found = QdrantClient(url=url, timeout=60) if url else QdrantClient(path=key)
+                found = QdrantClient(url=url, timeout=60) if url else _Serialised(QdrantClient(path=key))
             except RuntimeError as e:
                 raise ConfigError(
                     f"cannot open the Qdrant store at {key} ({e}); local mode serves one process at a "
@@ -117,6 +116,26 @@ def client(root: Path, url: str) -> Any:
                 ) from None
             _clients[key] = found
         return found
+
+
+class _Serialised:
+    """A local-mode client, one call at a time: local mode has no locks of its own, and a
+    server's request threads search while its watcher commits."""
+
+    def __init__(self, client: Any) -> None:
+        self._client = client
+        self._lock = threading.RLock()
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self._client, name)
+        if not callable(attr):
+            return attr
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            with self._lock:
+                return attr(*args, **kwargs)
+
+        return call
 
 
 def forget_client(root: Path) -> None:
@@ -149,15 +168,16 @@ class Collections:
     def create(self, dimension: int) -> None:
         from qdrant_client import models
 
+        if self.client.collection_exists(self.meta):
+            return
         if not self.client.collection_exists(self.chunks):
             self.client.create_collection(
                 self.chunks,
                 vectors_config={"dense": models.VectorParams(size=dimension, distance=models.Distance.DOT)},
                 sparse_vectors_config={"bm25": models.SparseVectorParams(modifier=models.Modifier.IDF)},
             )
-        for name in (self.articles, self.meta):
-            if not self.client.collection_exists(name):
-                self.client.create_collection(name, vectors_config={})
+        if not self.client.collection_exists(self.articles):
+            self.client.create_collection(self.articles, vectors_config={})
         if self.url:
             # A server filters through payload indexes (local mode scans).
             for coll, field, schema in (
@@ -173,6 +193,14 @@ class Collections:
                 (self.articles, "gen_removed", models.PayloadSchemaType.INTEGER),
             ):
                 self.client.create_payload_index(coll, field_name=field, field_schema=schema)
+        # Last: its existence says the others are complete.
+        self.client.create_collection(self.meta, vectors_config={})
+
+    def drop(self) -> None:
+        """Delete the three collections (an index moved away, rebuilt, or deleted)."""
+        for name in (self.chunks, self.articles, self.meta):
+            if self.client.collection_exists(name):
+                self.client.delete_collection(name)
 
     def read_meta(self) -> dict[str, Any] | None:
         if not self.exists():
@@ -205,6 +233,11 @@ def _visible(generation: int, *must: Any) -> Any:
         must=[models.FieldCondition(key="gen_added", range=models.Range(lte=generation)), *must],
         must_not=[models.FieldCondition(key="gen_removed", range=models.Range(lte=generation))],
     )
+
+
+def _ranked(points: Sequence[Any], k: int) -> list[tuple[int, float]]:
+    # Equal scores by id, as the FAISS store orders them.
+    return sorted(((int(p.id), float(p.score)) for p in points), key=lambda h: (-h[1], h[0]))[:k]
 
 
 def _serves(payload: dict[str, Any] | None, generation: int) -> bool:
@@ -246,7 +279,7 @@ def pointer(root: Path) -> str:
     if spec is None:
         return ""
     meta = Collections(root, spec).read_meta()
-    return f"qdrant-{meta['generation']}" if meta else ""
+    return f"qdrant-{spec['collection']}-{meta['generation']}" if meta else ""
 
 
 # -- reading ---------------------------------------------------------------------------------
@@ -280,6 +313,7 @@ class QdrantSnapshot(Reading):
         self._dates: dict[str, date | None] = {}
         self._any_dated: bool | None = None
         self._articles: dict[str, dict[str, Any]] | None = None
+        self._df: dict[str, int] = {}  # the generation never changes under it
         self._lock = threading.Lock()
 
     @classmethod
@@ -340,12 +374,12 @@ class QdrantSnapshot(Reading):
             ).points
             seen = [p for p in found if _serves(p.payload, self.gen)]
             if len(seen) >= k or len(found) < deeper:
-                return [(int(p.id), float(p.score)) for p in seen[:k]]
+                return _ranked(seen, k)
         must = [models.HasIdCondition(has_id=[int(i) for i in allowed])] if allowed is not None else []
         found = c.client.query_points(
             c.chunks, query=query, using=using, limit=k, query_filter=self._seen(*must)
         ).points
-        return [(int(p.id), float(p.score)) for p in found]
+        return _ranked(found, k)
 
     def vectors(self, ids: Sequence[int]) -> np.ndarray:
         import numpy as np
@@ -365,16 +399,24 @@ class QdrantSnapshot(Reading):
         return sorted(int(p.id) for p in self.where.scroll(self.where.chunks, self._seen(), fields=False))
 
     def document_frequencies(self, words: Sequence[str]) -> dict[str, int]:
-        # One pass over the chunks holding any of the words (a filter is a scan in local mode).
-        wanted = sorted(set(words))
-        out = dict.fromkeys(wanted, 0)
-        if wanted:
+        wanted = sorted(set(words) - self._df.keys())
+        if wanted and self.where.url:
+            # A server counts through its payload index on the terms.
+            for w in wanted:
+                flt = self._seen(_match("terms", [w]))
+                self._df[w] = int(
+                    self.where.client.count(self.where.chunks, count_filter=flt, exact=True).count
+                )
+        elif wanted:
+            # Local mode scans for every filter: one pass for all the words.
+            found = dict.fromkeys(wanted, 0)
             for p in self.where.scroll(
                 self.where.chunks, self._seen(_match("terms", wanted)), fields=["terms"]
             ):
-                for term in set(p.payload["terms"]) & out.keys():
-                    out[term] += 1
-        return out
+                for term in set(p.payload["terms"]) & found.keys():
+                    found[term] += 1
+            self._df.update(found)
+        return {w: self._df[w] for w in set(words)}
 
     # -- articles ----------------------------------------------------------------------------
 
@@ -391,26 +433,25 @@ class QdrantSnapshot(Reading):
             return self._articles
 
     def _text(self, article_id: str) -> str:
-        points = list(
-            self.where.scroll(self.where.articles, self._seen(_match("aid", [article_id])), fields=["text"])
+        a = self._all().get(article_id)
+        if a is None:
+            return ""
+        found = self.where.client.retrieve(
+            self.where.articles, ids=[_point_id(article_id, int(a["gen_added"]))], with_payload=["text"]
         )
-        return str(points[0].payload["text"]) if points else ""
+        return str(found[0].payload["text"]) if found else ""
 
     def _indexed(self) -> list[dict[str, Any]]:
         return [a for a in self._all().values() if a["kind"] == "article"]
 
     def filter_chunks(self, filters: Filters) -> list[int]:
         lo, hi = filters.date_range
-        ids = {i.lower() for i in filters.ids} if filters.ids else None
+        ids = set(filters.ids) if filters.ids else None
         sources = {s.lower() for s in filters.source} if filters.source else None
         authors = [a.lower() for a in filters.author]
         chosen = []
         for a in self._indexed():
-            if (
-                filters.ids
-                and a["aid"] not in set(filters.ids)
-                and (ids is None or a["aid"].lower() not in ids)
-            ):
+            if ids is not None and a["aid"] not in ids:
                 continue
             if sources is not None and a["source"].lower() not in sources:
                 continue
@@ -583,21 +624,21 @@ class QdrantTransaction(Staged):
         self.root = root
         self.embedder = embedder
         self.chunking = chunking
-        self.spec = recorded(root) or record(root, url)
+        old = recorded(root)
+        self.rebuild = rebuild
+        # A new index, a rebuild or a move from FAISS writes new collections; the folder's
+        # STORE file names them once their first commit is complete (the switch), and a
+        # rebuilt index's old collections go after it.
+        self._replaces = old if rebuild else None
+        self.spec = old if old is not None and not rebuild else record(url or (old or {}).get("url", ""))
         self.where = Collections(root, self.spec)
         self.base: QdrantSnapshot | None = None
-        self.rebuild = rebuild
-        meta = self.where.read_meta()
-        if meta is not None:
+        if self.spec is old and self.where.read_meta() is not None:
             self.base = QdrantSnapshot(root, self.spec)
         self._built_with(embedder, agreement, probe)
-        if rebuild and self.base is not None:
-            # Everything goes at this commit, in the same generation switch as what replaces it.
-            self._stage({}, {}, set(self.base.hashes()) | set(self.base.copy_records()))
-        else:
-            self._stage(
-                self.base.hashes() if self.base else {}, self.base.copy_records() if self.base else {}, set()
-            )
+        self._stage(
+            self.base.hashes() if self.base else {}, self.base.copy_records() if self.base else {}, set()
+        )
 
     def commit(self, *, compact: str = "") -> str:
         """Write the next generation: new points tagged with it, removed ones marked removed
@@ -701,14 +742,16 @@ class QdrantTransaction(Staged):
             "chunking": self.chunking,
             "counts": {"articles": len(live), "chunks": sum(live.values()), "vectors": sum(live.values())},
             "next_id": next_id,
-            "meta": {**(base.all_meta() if base and not self.rebuild else {}), **self._meta},
+            "meta": {**(base.all_meta() if base else {}), **self._meta},
             "versions": files.versions(),
         }
-        if not (self.root / STORE_FILE).exists():
+        # The commit point: one point rewritten (and for new collections, the record naming them).
+        c.client.upsert(c.meta, points=[models.PointStruct(id=_META_ID, vector={}, payload=meta)], wait=True)
+        if recorded(self.root) != self.spec:
             self.root.mkdir(parents=True, exist_ok=True)
             files._write_durably(self.root / STORE_FILE, json.dumps(self.spec, indent=1).encode("utf-8"))
-        # The commit point: one point rewritten.
-        c.client.upsert(c.meta, points=[models.PointStruct(id=_META_ID, vector={}, payload=meta)], wait=True)
+            if self._replaces is not None:
+                Collections(self.root, self._replaces).drop()
         log.info(
             "committed generation %d on Qdrant: %d articles, %d chunks", gen, len(live), sum(live.values())
         )

@@ -498,3 +498,48 @@ def test_clean_up_removes_nothing_when_a_kept_manifest_cannot_be_read(tmp_path, 
     monkeypatch.setattr(files, "read_manifest", unreadable)
     files.collect_garbage(s.index, ["gen-000001"])
     assert sorted(p.name for p in s.index.iterdir()) == before
+
+
+def test_large_segments_fold_by_tier_so_bulk_loads_leave_few(tmp_path, fake_embedder, monkeypatch):
+    """Large commits (each its own IVF segment) fold by size tier: the fourth of a tier folds
+    its tier, cascading when the fold fills the next; small commits never rewrite large
+    segments; every article stays, and search finds each vector's own chunk first."""
+    from rag.bench.commit import _articles
+    from rag.store import Transaction, transaction
+    from rag.types import Article, Chunk
+
+    monkeypatch.setattr(transaction, "MERGE_BUDGET", 100)
+    index = tmp_path / "idx"
+    record = {"name": fake_embedder.name, "dimension": fake_embedder.dimension}
+    chunking = {"chunk_tokens": 128, "chunk_overlap": 16}
+
+    def commit(articles: list[tuple[Article, list[Chunk]]]) -> list[int]:
+        tx = Transaction(index, embedder=record, chunking=chunking, ann_threshold=200)
+        for article, chunks in articles:
+            tx.put(article, chunks, fake_embedder.encode([c.text for c in chunks]))
+        tx.commit()
+        snap = Snapshot.open(index)
+        rows = sorted((seg.rows for seg in snap.segments), reverse=True)
+        snap.close()
+        return rows
+
+    sizes = [commit(list(_articles(320, i, prefix=f"c{i}-"))) for i in range(20)]
+    # 4 x 320 -> 1,280 (tier 1); the fourth 1,280 cascades: 4 x 1,280 -> 5,120 (tier 2).
+    assert [len(r) for r in sizes] == [1, 2, 3, 1, 2, 3, 4, 2, 3, 4, 5, 3, 4, 5, 6, 1, 2, 3, 4, 2]
+    assert sizes[-1] == [5120, 1280]
+    snap = Snapshot.open(index)
+    assert all(seg.index_type != "flat" for seg in snap.segments)
+    assert len(snap) == 6400 and len(snap.articles()) == 800
+    ids = snap.chunk_ids()
+    probe = np.array(ids[:: len(ids) // 25])
+    for chunk_id, vector in zip(probe, snap.vectors(probe), strict=True):
+        assert snap.search(vector, 5)[0][0] == chunk_id
+    snap.close()
+
+    # A small commit beside them adds a segment and rewrites no large one.
+    text = "A small late report."
+    assert commit([(Article(id="late", text=text), [Chunk("late", 0, 0, len(text), text)])]) == [
+        5120,
+        1280,
+        1,
+    ]

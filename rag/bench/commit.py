@@ -3,9 +3,10 @@ what searching many segments costs against one. At each size an index of synthet
 (short generated texts, 8 chunks each, vectors from the scale section's mixture or random)
 is built in one commit; then one real article is ingested through the pipeline (dedup,
 chunking, embedding, commit) a few times: seconds, and bytes the process wrote. At the
-largest size the same number of vectors is also committed in `segments` equal parts, and as
-one large commit followed by 40 small ones, each searched, folded into one (`rag compact
---all`) and searched again."""
+largest size the same number of vectors is also committed in `segments` equal parts (a bulk
+load in batches: what the tiered folding leaves of them), and as one large commit followed by
+small ones until the index holds `segments` segments (a feed), each searched, folded into one
+(`rag compact --all`) and searched again."""
 
 from __future__ import annotations
 
@@ -73,10 +74,17 @@ def _vectors(n: int, dimension: int, mix: Any, seed: int) -> np.ndarray:
 
 
 def _build(
-    index: Path, parts: Sequence[int], *, embedder: Encoder, settings: Settings, mix: Any, seed: int
+    index: Path,
+    parts: Sequence[int],
+    *,
+    embedder: Encoder,
+    settings: Settings,
+    mix: Any,
+    seed: int,
+    first: int = 0,
 ) -> float:
-    """An index of synthetic articles committed as `parts` (chunk counts), one commit each;
-    returns the seconds it took."""
+    """An index of synthetic articles committed as `parts` (chunk counts), one commit each
+    (numbered from `first`: the articles of each are new); returns the seconds it took."""
     from ..ingest import _TITLE_TOKENS
     from ..store import Transaction
 
@@ -93,7 +101,7 @@ def _build(
         "splitter": "sentences",
     }
     t = time.perf_counter()
-    for p, n in enumerate(parts):
+    for p, n in enumerate(parts, start=first):
         tx = Transaction(
             index,
             embedder=record,
@@ -165,6 +173,16 @@ def _search_ms(index: Path, queries: np.ndarray, k: int, truth: np.ndarray | Non
     return out
 
 
+def _segments(index: Path) -> int:
+    from ..store import Snapshot
+
+    snap = Snapshot.open(index)
+    try:
+        return len(snap.segments)
+    finally:
+        snap.close()
+
+
 def _truth(index: Path, queries: np.ndarray) -> np.ndarray:
     """The exact top-10 chunk ids of each query over every live vector of the index."""
     import faiss
@@ -223,17 +241,25 @@ def bench_commit(
     if progress:
         progress("Commit cost by index size", len(sizes), len(sizes))
     n = max(sizes)
-    # Two ways to reach the largest size: 20 equal commits (a bulk load in batches: every
-    # segment large enough for its own IVF), and one large commit then small ones (a feed:
-    # what the folding policy leaves of 40 small commits beside it).
+    # Two ways to reach the largest size: `segments` equal commits (a bulk load in batches:
+    # every segment large enough for its own IVF, folded by tier as they come), and one large
+    # commit then small ones (a feed) until the index holds `segments` segments.
     bulk = [n // segments + (1 if i < n % segments else 0) for i in range(segments)]
-    feed = [n - n // 10] + [n // 10 // 40 + (1 if i < n // 10 % 40 else 0) for i in range(40)]
     scenarios = {}
-    for step, (name, parts) in enumerate((("bulk", bulk), ("feed", feed))):
+    for step, name in enumerate(("bulk", "feed")):
         if progress:
             progress("Search over segments", step, 2)
         index = workdir / f"segments-{name}-{n}"
-        built = _build(index, parts, embedder=embedder, settings=settings, mix=mix, seed=seed)
+        opts = {"embedder": embedder, "settings": settings, "mix": mix, "seed": seed}
+        if name == "bulk":
+            parts = bulk
+            built = _build(index, parts, **opts)
+        else:
+            parts = [n - n // 5]
+            built = _build(index, parts, **opts)
+            while _segments(index) < segments and sum(parts) + n // 400 <= n:
+                built += _build(index, [n // 400], first=len(parts), **opts)
+                parts.append(n // 400)
         truth = _truth(index, qv)
         many = _search_ms(index, qv, k, truth)
         t = time.perf_counter()
@@ -243,7 +269,7 @@ def bench_commit(
         shutil.rmtree(index, ignore_errors=True)
         scenarios[name] = {
             "commits": len(parts),
-            "chunks": n,
+            "chunks": sum(parts),
             "k": k,
             "build_s": round(built, 1),
             "compact_s": round(folded_s, 1),

@@ -7,8 +7,9 @@ serves, with the articles each no longer serves (removed or replaced); then one 
 rename of CURRENT makes it live. A crash at any moment leaves CURRENT pointing at a
 complete, checksummed generation. Search runs over every segment and merges the results:
 vectors by inner product (exact in small segments, IVF in large ones), keywords by BM25 with
-the whole index's statistics. Small segments are folded together as they accumulate, and
-`rag compact` folds the rest, under the same atomic switch (`files.py` has the layout).
+the whole index's statistics. Small segments are folded together as they accumulate, large
+ones by size tier as large commits add them, and `rag compact` folds the rest, under the same
+atomic switch (`files.py` has the layout).
 """
 
 import os

@@ -582,7 +582,8 @@ class _View:
         self.quantizer = faiss.extract_index_ivf(self.primary).quantizer
         self.nprobe = max(int(m.index_params.get("nprobe", 1)) for m in members)
         self.nlist = int(faiss.extract_index_ivf(self.primary).nlist)
-        self.rest = together([m.index for m in ordered[1:]])
+        # One other segment is scanned where it is; several are copied together (one scan).
+        self.rest = ordered[1].index if len(ordered) == 2 else together([m.index for m in ordered[1:]])
         dead = np.concatenate([m.dead_chunks() for m in members])
         self._dead = faiss.IDSelectorBatch(dead) if len(dead) else None
         self._not_dead = faiss.IDSelectorNot(self._dead) if self._dead is not None else None

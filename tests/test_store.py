@@ -543,3 +543,54 @@ def test_large_segments_fold_by_tier_so_bulk_loads_leave_few(tmp_path, fake_embe
         1280,
         1,
     ]
+
+
+def test_a_large_segment_shares_the_index_quantizer_only_when_it_fits_and_partitions_well(tmp_path):
+    """A segment past `ann_threshold` reuses the index's trained quantizer when it is no
+    larger than what that was trained on, the sharers stay within SHARE_SLACK of it, and its
+    own vectors are found as well on it (same topics); else it trains its own."""
+    from rag.bench.commit import _articles
+    from rag.store import Transaction
+
+    rng = np.random.default_rng(0)
+    centres = rng.standard_normal((16, 32)).astype(np.float32)
+
+    def topical(n: int) -> np.ndarray:
+        x = centres[rng.integers(0, 16, n)] + 0.15 * rng.standard_normal((n, 32)).astype(np.float32)
+        return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+    def scattered(n: int) -> np.ndarray:
+        x = rng.standard_normal((n, 32)).astype(np.float32)
+        return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+    def commit(index: Path, vectors: np.ndarray, tag: str) -> list[str | None]:
+        tx = Transaction(
+            index,
+            embedder={"name": "test", "dimension": 32},
+            chunking={"chunk_tokens": 128},
+            ann_threshold=200,
+        )
+        pos = 0
+        for article, chunks in _articles(len(vectors), 1, prefix=tag):
+            tx.put(article, chunks, vectors[pos : pos + len(chunks)])
+            pos += len(chunks)
+        tx.commit()
+        snap = Snapshot.open(index)
+        keys = [seg.coarse for seg in snap.segments]
+        snap.close()
+        return keys
+
+    index = tmp_path / "idx"
+    first = commit(index, topical(1600), "a")
+    assert len(first) == 1 and first[0] is not None
+    # 1,600 trained on; 1,600 + 800 <= 1.5 x 1,600: shared.
+    assert commit(index, topical(800), "b") == [first[0], first[0]]
+    # 2,400 + 240 past 1.5x: its own quantizer.
+    keys = commit(index, topical(240), "c")
+    assert keys[:2] == [first[0], first[0]] and keys[2] not in (None, first[0])
+
+    other = tmp_path / "other"
+    base = commit(other, topical(1600), "a")
+    # Fits by size, but vectors of no topic the quantizer knows: its own quantizer.
+    keys = commit(other, scattered(800), "s")
+    assert keys[0] == base[0] and keys[1] not in (None, base[0])

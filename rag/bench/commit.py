@@ -256,10 +256,11 @@ def bench_commit(
             built = _build(index, parts, **opts)
         else:
             parts = [n - n // 5]
+            step = max(CHUNKS_PER_ARTICLE, n // 400)
             built = _build(index, parts, **opts)
-            while _segments(index) < segments and sum(parts) + n // 400 <= n:
-                built += _build(index, [n // 400], first=len(parts), **opts)
-                parts.append(n // 400)
+            while _segments(index) < segments and sum(parts) + step <= n:
+                built += _build(index, [step], first=len(parts), **opts)
+                parts.append(step)
         truth = _truth(index, qv)
         many = _search_ms(index, qv, k, truth)
         t = time.perf_counter()

@@ -213,9 +213,24 @@ SHARE_SLACK = 1.5
 
 
 def _fits(params: dict[str, Any], n: int) -> bool:
-    """Whether `n` more vectors may share the quantizer of these parameters (see SHARE_SLACK)."""
+    """Whether `n` more vectors may share the quantizer of these parameters (see SHARE_SLACK);
+    never when the vectors already on it are not known (`shared_rows` None)."""
     trained = int(params.get("trained_on", 0))
-    return 0 < n <= trained and int(params.get("shared_rows", trained)) + n <= SHARE_SLACK * trained
+    shared = params.get("shared_rows")
+    return shared is not None and 0 < n <= trained and int(shared) + n <= SHARE_SLACK * trained
+
+
+def _partitions_well(index: Any, vectors: np.ndarray, ids: np.ndarray, target: float, seed: int = 0) -> float:
+    """recall@10 of a shared-quantizer index over its own vectors at its nprobe (as `build_ann`
+    tunes it): a quantizer trained on other articles can cut new topics badly."""
+    import faiss
+    import numpy as np
+
+    n = len(ids)
+    queries = np.sort(np.random.default_rng(seed).choice(n, min(256, n), replace=False))
+    return _self_recall(index, vectors, ids, queries, min(10, n - 1))(
+        int(faiss.extract_index_ivf(index).nprobe)
+    )
 
 
 def vector_index(
@@ -231,7 +246,9 @@ def vector_index(
     the index has one and the segment is under `threshold` vectors, or no larger than what
     the quantizer was trained on while the segments sharing it (`shared_rows` in its
     parameters) stay within SHARE_SLACK times that: it is then searched with them as one
-    index. Else exact under `threshold`, and IVF trained on its own vectors from it
+    index (from `threshold` on, only when its recall@10 over its own vectors at the shared
+    nprobe reaches ANN_TARGET_RECALL: new topics can fall badly on old lists). Else exact
+    under `threshold`, and IVF trained on its own vectors from it
     (measured at 1M in 20 parts: a quantizer trained on one part and shared by all scans 20x
     the vectors per list, 1.5x slower than each part's own; two parts of 800k and 200k, each
     on its own quantizer, 1.31x one index; on the larger's, as one)."""
@@ -239,10 +256,14 @@ def vector_index(
 
     n = len(ids)
     if reference is not None and (n < threshold or _fits(reference[1], n)):
-        index, params = ivf_sharing(
-            reference[0], reference[1], np.ascontiguousarray(vectors, dtype=np.float32), ids
-        )
-        return index, IVF, {**params, "ann_threshold": threshold}
+        x = np.ascontiguousarray(vectors, dtype=np.float32)
+        index, params = ivf_sharing(reference[0], reference[1], x, ids)
+        if n < threshold:
+            return index, IVF, {**params, "ann_threshold": threshold}
+        recall = _partitions_well(index, x, ids, ANN_TARGET_RECALL)
+        if recall >= ANN_TARGET_RECALL:
+            return index, IVF, {**params, "tuned_recall_at_10": round(recall, 4), "ann_threshold": threshold}
+        log.info("%d vectors on the index's quantizer: recall@10 %.3f; training their own", n, recall)
     if n < threshold or n < 2:
         index = flat_index(dimension)
         if n:

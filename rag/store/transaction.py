@@ -403,7 +403,9 @@ def _reference(segments: list[Segment]) -> tuple[Any, dict[str, Any]] | None:
     if not ivf:
         return None
     best = max(ivf, key=lambda s: (int(s.index_params.get("trained_on", 0)), s.rows))
-    shared = sum(s.live for s in ivf if s.coarse is not None and s.coarse == best.coarse) or best.live
+    # Rows, dead ones included: they stay in the lists and are scanned. Unknown for a
+    # segment written before quantizer keys (its sharers cannot be counted).
+    shared = sum(s.rows for s in ivf if s.coarse == best.coarse) if best.coarse is not None else None
     return best.quantizer(), {**best.index_params, "shared_rows": shared}
 
 

@@ -109,17 +109,28 @@ def test_ingest_replace_remove_search_and_filters(tmp_path, store, fake_embedder
     ingest_articles(articles()[2:], settings=s, embedder=fake_embedder)
     snap = open_index(s.index)
     every = {r.id: r for r in snap.chunks(snap.chunk_ids())}
-    for flt, expected in (
-        (Filters(source="harbour ledger"), {"ferry"}),
-        (Filters(author="berg"), {"budget"}),
-        (Filters(since="2026-01-01"), {"ferry"}),  # the comet's new version has no date
-        (Filters(ids=("comet", "budget")), {"comet", "budget"}),
+    for flt, expected, fields in (
+        (Filters(source="harbour ledger"), {"ferry"}, {"source_key"}),
+        (Filters(author="berg"), {"budget"}, {"article_id"}),  # a byline matches anywhere
+        (Filters(since="2026-01-01"), {"ferry"}, {"day"}),  # the comet's new version has no date
+        (Filters(ids=("comet", "budget")), {"comet", "budget"}, {"article_id"}),
     ):
         got = snap.filter_chunks(flt)
         assert {every[i].article_id for i in got} == expected, flt
         assert sorted(got) == sorted(i for i, row in every.items() if row.article_id in expected)
         allowed = snap.search(fake_embedder.encode_query(q), 5, allowed=got)
         assert {every[i].article_id for i, _ in allowed} <= expected
+        assert {
+            every[i].article_id for i, _ in snap.keyword_search("terminal comet budget", 9, allowed=got)
+        } <= expected
+        if store == "qdrant":
+            # Payload conditions on the chunk search, not a list of point ids: sources and
+            # dates on the chunks' own fields; the same chunks on an index written before
+            # chunks carried them (every filter then resolved to article ids).
+            assert {getattr(m, "key", None) for m in got.must} == fields, flt
+            older = open_index(s.index)
+            older.meta_point = {k: v for k, v in older.meta_point.items() if k != "filter_fields"}
+            assert sorted(older.filter_chunks(flt)) == sorted(got)
     assert snap.dated()
 
 

@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import ConfigError, IndexNotFound
-from ..filters import Filters
+from ..filters import Filters, article_date
 from ..types import Article, ArticleInfo, Copy
 from . import files
 from .segment import ChunkRow
@@ -182,6 +182,8 @@ class Collections:
             # A server filters through payload indexes (local mode scans).
             for coll, field, schema in (
                 (self.chunks, "article_id", models.PayloadSchemaType.KEYWORD),
+                (self.chunks, "source_key", models.PayloadSchemaType.KEYWORD),
+                (self.chunks, "day", models.PayloadSchemaType.INTEGER),
                 (self.chunks, "terms", models.PayloadSchemaType.KEYWORD),
                 (self.chunks, "gen_added", models.PayloadSchemaType.INTEGER),
                 (self.chunks, "gen_removed", models.PayloadSchemaType.INTEGER),
@@ -375,7 +377,12 @@ class QdrantSnapshot(Reading):
             seen = [p for p in found if _serves(p.payload, self.gen)]
             if len(seen) >= k or len(found) < deeper:
                 return _ranked(seen, k)
-        must = [models.HasIdCondition(has_id=[int(i) for i in allowed])] if allowed is not None else []
+        if isinstance(allowed, Selection):
+            must = list(allowed.must or ())
+        elif allowed is not None:
+            must = [models.HasIdCondition(has_id=[int(i) for i in allowed])]
+        else:
+            must = []
         found = c.client.query_points(
             c.chunks, query=query, using=using, limit=k, query_filter=self._seen(*must)
         ).points
@@ -444,26 +451,44 @@ class QdrantSnapshot(Reading):
     def _indexed(self) -> list[dict[str, Any]]:
         return [a for a in self._all().values() if a["kind"] == "article"]
 
-    def filter_chunks(self, filters: Filters) -> list[int]:
+    def filter_chunks(self, filters: Filters) -> Selection:
+        """The chunks of the articles that pass `filters`, as payload conditions on the chunk
+        collection (the search filters by them; the ids are read only when asked for). Ids,
+        sources and dates are conditions on the chunks' own fields; a byline matches anywhere
+        (as on the FAISS store), which no payload condition does, so authors are resolved to
+        the articles they name, as is everything on an index written before chunks carried
+        `source_key` and `day` (meta `filter_fields`)."""
+        from qdrant_client import models
+
         lo, hi = filters.date_range
-        ids = set(filters.ids) if filters.ids else None
-        sources = {s.lower() for s in filters.source} if filters.source else None
-        authors = [a.lower() for a in filters.author]
-        chosen = []
-        for a in self._indexed():
-            if ids is not None and a["aid"] not in ids:
-                continue
-            if sources is not None and a["source"].lower() not in sources:
-                continue
-            if authors and not any(x in a["author"].lower() for x in authors):
-                continue
-            if (lo or hi) and not self._in_range(a["aid"], a["date"], lo, hi):
-                continue
-            chosen.append(a["aid"])
-        if not chosen:
-            return []
-        found = self.where.scroll(self.where.chunks, self._seen(_match("article_id", chosen)), fields=False)
-        return sorted(int(p.id) for p in found)
+        native = self.meta_point.get("filter_fields") == 1
+        must: list[Any] = []
+        if filters.ids:
+            must.append(_match("article_id", sorted(set(filters.ids))))
+        if native and filters.source:
+            must.append(_match("source_key", sorted({s.lower() for s in filters.source})))
+        if native and (lo or hi):
+            rng = models.Range(gte=_day(lo) if lo else None, lte=_day(hi) if hi else None)
+            must.append(models.FieldCondition(key="day", range=rng))
+        if filters.author or (not native and (filters.source or lo or hi)):
+            ids = set(filters.ids) if filters.ids else None
+            sources = {s.lower() for s in filters.source} if filters.source else None
+            authors = [a.lower() for a in filters.author]
+            chosen = []
+            for a in self._indexed():
+                if ids is not None and a["aid"] not in ids:
+                    continue
+                if sources is not None and a["source"].lower() not in sources:
+                    continue
+                if authors and not any(x in a["author"].lower() for x in authors):
+                    continue
+                if (lo or hi) and not self._in_range(a["aid"], a["date"], lo, hi):
+                    continue
+                chosen.append(a["aid"])
+            if not chosen:
+                return Selection(self, None)
+            must.append(_match("article_id", chosen))
+        return Selection(self, must)
 
     def dated(self) -> bool:
         if self._any_dated is None:
@@ -687,6 +712,7 @@ class QdrantTransaction(Staged):
         points: list[Any] = []
         article_points: list[Any] = []
         for article, digest, chunks, vectors, sig in self._puts.values():
+            day = article_date(article.date) if article.date else None
             texts = [f"{article.title}\n{ch.text}" for ch in chunks]
             for ch, vec, toks in zip(chunks, vectors, terms(texts), strict=True):
                 idx, weights = bm25_vector(toks)
@@ -708,6 +734,8 @@ class QdrantTransaction(Staged):
                             "url": article.url,
                             "author": article.author,
                             "source": article.source,
+                            "source_key": article.source.lower(),
+                            **({"day": _day(day)} if day is not None else {}),
                             "terms": sorted(set(toks)),
                             "gen_added": gen,
                         },
@@ -745,6 +773,9 @@ class QdrantTransaction(Staged):
             "meta": {**(base.all_meta() if base else {}), **self._meta},
             "versions": files.versions(),
         }
+        # Every chunk point carries `source_key` and `day` only if the collection was made so.
+        if base is None or base.meta_point.get("filter_fields") == 1:
+            meta["filter_fields"] = 1
         # The commit point: one point rewritten (and for new collections, the record naming them).
         c.client.upsert(c.meta, points=[models.PointStruct(id=_META_ID, vector={}, payload=meta)], wait=True)
         if recorded(self.root) != self.spec:
@@ -756,6 +787,47 @@ class QdrantTransaction(Staged):
             "committed generation %d on Qdrant: %d articles, %d chunks", gen, len(live), sum(live.values())
         )
         return f"qdrant-{gen:06d}"
+
+
+def _day(d: date) -> int:
+    """A date as a payload integer that orders like it: 2026-03-12 -> 20260312."""
+    return d.year * 10_000 + d.month * 100 + d.day
+
+
+class Selection(Sequence[int]):
+    """The chunk ids a filter selects on Qdrant, held as payload conditions (`must`; None:
+    nothing passes): the search sends the conditions, and the ids are read (once) only by a
+    caller that walks them."""
+
+    def __init__(self, snap: QdrantSnapshot, must: list[Any] | None) -> None:
+        self.snap = snap
+        self.must = must
+        self._ids: list[int] | None = [] if must is None else None
+        self._count: int | None = 0 if must is None else None
+
+    def ids(self) -> list[int]:
+        if self._ids is None:
+            c = self.snap.where
+            self._ids = sorted(
+                int(p.id) for p in c.scroll(c.chunks, self.snap._seen(*self.must), fields=False)
+            )
+        return self._ids
+
+    def __len__(self) -> int:
+        if self._count is None:
+            if self._ids is not None:
+                self._count = len(self._ids)
+            else:
+                c = self.snap.where
+                flt = self.snap._seen(*(self.must or ()))
+                self._count = int(c.client.count(c.chunks, count_filter=flt, exact=True).count)
+        return self._count
+
+    def __getitem__(self, i: Any) -> Any:
+        return self.ids()[i]
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.ids())
 
 
 def _payload(article: Article, digest: str, gen: int, now: float, **extra: Any) -> dict[str, Any]:

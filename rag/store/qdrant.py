@@ -378,7 +378,9 @@ class QdrantSnapshot(Reading):
             if len(seen) >= k or len(found) < deeper:
                 return _ranked(seen, k)
         if isinstance(allowed, Selection):
-            must = list(allowed.must or ())
+            if allowed.must is None:
+                return []
+            must = list(allowed.must)
         elif allowed is not None:
             must = [models.HasIdCondition(has_id=[int(i) for i in allowed])]
         else:

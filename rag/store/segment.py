@@ -115,6 +115,11 @@ class Segment:
         try:
             # check_same_thread=False: the UI searches from worker threads; the file is immutable.
             self.db = sqlite3.connect(uri, uri=True, check_same_thread=False)
+            # Filters compare names as Python (and the Qdrant store) lower-case them: SQLite's
+            # own lower() leaves every letter past ASCII as it is ("DÉSK" != "désk").
+            self.db.create_function(
+                "py_lower", 1, lambda v: v.lower() if isinstance(v, str) else v, deterministic=True
+            )
             self.rows = self.db.execute("SELECT COUNT(*) FROM chunks").fetchone()[0]
             # The keyword index's term counts, for rarity weights (temp: the file stays untouched).
             self.db.execute("CREATE VIRTUAL TABLE temp.vocab USING fts5vocab(main, chunks_fts, row)")

@@ -312,12 +312,12 @@ class Snapshot(Reading):
             where.append("id IN (SELECT value FROM json_each(?))")
             args.append(json.dumps(list(filters.ids)))
         if filters.source:
-            where.append("lower(source) IN (SELECT lower(value) FROM json_each(?))")
-            args.append(json.dumps(list(filters.source)))
+            where.append("py_lower(source) IN (SELECT value FROM json_each(?))")
+            args.append(json.dumps([s.lower() for s in filters.source]))
         if filters.author:
-            byline = " OR ".join("instr(lower(author), lower(?)) > 0" for _ in filters.author)
+            byline = " OR ".join("instr(py_lower(author), ?) > 0" for _ in filters.author)
             where.append(f"({byline})")
-            args.extend(filters.author)
+            args.extend(a.lower() for a in filters.author)
         lo, hi = filters.date_range
         out: list[int] = []
         for seg in self.segments:

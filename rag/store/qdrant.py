@@ -596,20 +596,8 @@ class QdrantSnapshot(Reading):
     def copy_holders(self) -> dict[str, str]:
         return {a["aid"]: "qdrant" for a in self._all().values() if a["kind"] == "copy"}
 
-    def stats(self) -> dict[str, Any]:
-        return {
-            "index": str(self.root),
-            "generation": self.generation,
-            "articles": self.manifest["counts"]["articles"],
-            "chunks": self.manifest["counts"]["chunks"],
-            "embedder": self.manifest["embedder"]["name"],
-            "dimension": self.manifest["embedder"]["dimension"],
-            "index_type": "qdrant",
-            "index_params": {},
-            "store": f"qdrant at {self.where.where()}, collections {self.where.name}_*",
-            "chunking": self.manifest["chunking"],
-            "created_at": self.manifest["created_at"],
-        }
+    def _store_stats(self) -> dict[str, Any]:
+        return {"store": f"qdrant at {self.where.where()}, collections {self.where.name}_*"}
 
 
 def _sig(hexed: str) -> np.ndarray:

@@ -72,11 +72,35 @@ class Reading:
     chunks it serves."""
 
     root: Path
+    generation: str
     manifest: dict[str, Any]
+    index_type: str
+    index_params: dict[str, Any]
 
     @property
     def embedder(self) -> dict[str, Any]:
         return dict(self.manifest["embedder"])
+
+    def stats(self) -> dict[str, Any]:
+        """What `rag stats` shows: what built the index and how much it serves, then what
+        the store adds (`_store_stats`)."""
+        m = self.manifest
+        return {
+            "index": str(self.root),
+            "generation": self.generation,
+            "articles": m["counts"]["articles"],
+            "chunks": m["counts"]["chunks"],
+            "embedder": m["embedder"]["name"],
+            "dimension": m["embedder"]["dimension"],
+            "index_type": self.index_type,
+            "index_params": self.index_params,
+            **self._store_stats(),
+            "chunking": m["chunking"],
+            "created_at": m["created_at"],
+        }
+
+    def _store_stats(self) -> dict[str, Any]:
+        return {}
 
     def check_embedder(
         self,
@@ -539,26 +563,16 @@ class Snapshot(Reading):
                 )
         return out
 
-    def stats(self) -> dict[str, Any]:
+    def _store_stats(self) -> dict[str, Any]:
         size = (self.root / self.generation / MANIFEST).stat().st_size
         for seg in self.segments:
             size += sum(p.stat().st_size for p in seg.folder.iterdir() if p.is_file())
         return {
-            "index": str(self.root),
-            "generation": self.generation,
-            "articles": self.manifest["counts"]["articles"],
-            "chunks": self.manifest["counts"]["chunks"],
-            "embedder": self.manifest["embedder"]["name"],
-            "dimension": self.manifest["embedder"]["dimension"],
-            "index_type": self.index_type,
-            "index_params": self.index_params,
             "segments": [
                 {"name": s.name, "chunks": s.rows, "live": s.live, "index_type": s.index_type}
                 for s in self.segments
             ],
-            "chunking": self.manifest["chunking"],
             "bytes": size,
-            "created_at": self.manifest["created_at"],
         }
 
 

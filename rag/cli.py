@@ -113,6 +113,12 @@ def _settings_options(*names: str) -> Callable[[F], F]:
             help="What of each passage the model reads: whole passages or evidence windows.",
         ),
         "mmr": click.option("--mmr", type=float, help="MMR weight for diverse passages (1: off)."),
+        "margin": click.option(
+            "--margin",
+            type=float,
+            help="The model reads only passages whose cosine is within this of the best one's "
+            "(0: every passage) [env RAG_MARGIN].",
+        ),
         "today": click.option(
             "--today",
             metavar="DATE",
@@ -241,6 +247,7 @@ SETTING_NAMES = (
     "reranker",
     "guard",
     "context",
+    "margin",
     "today",
     "read_time",
     "rewrite",

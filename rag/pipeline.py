@@ -29,7 +29,7 @@ from .generation import Gate, Generator, Message, local_generator
 from .guard import EXEMPLARS, mask, passages_for_model, planted_instructions, withhold
 from .ingest import ingest as _ingest
 from .ingest import remove as _remove
-from .retrieval import answering, answering_alike, by_date, evidence, newest_first, rerank, search
+from .retrieval import answering, answering_alike, by_date, evidence, newest_first, rerank, search, within
 from .settings import Settings
 from .store import ChunkRow, Snapshot, open_index
 from .store import pointer as store_pointer
@@ -812,6 +812,7 @@ class AnswerStream:
             yield from self._timeline()
             return
         gen = self.rag.generator
+        self.sources = within(self.sources, s.margin)
         given = passages_for_model(self.sources, windows=s.windows)
         # Only with time reading on: off, the prompt is the one an undated index gets.
         dated = self.when is not None and snap is not None and snap.dated()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import replace
 from datetime import date
 from typing import TYPE_CHECKING, TypeVar
 
@@ -11,6 +12,7 @@ import numpy as np
 from .chunking import split_sentences
 from .filters import article_date
 from .store import ChunkRow, Snapshot
+from .types import Source
 
 T = TypeVar("T")
 
@@ -104,6 +106,17 @@ def answering(scores: Sequence[float], ratio: float) -> list[int]:
     that answer about as well as the best one does."""
     best = max(scores, default=0.0)
     return [i for i, x in enumerate(scores) if best > 0 and x >= ratio * best]
+
+
+def within(sources: Sequence[Source], margin: float) -> list[Source]:
+    """The sources whose score (cosine) is within `margin` of the best, renumbered in their
+    order (all of them when `margin` is 0): passages far behind the best rarely hold the
+    answer, and each costs the model its tokens."""
+    if margin <= 0 or not sources:
+        return list(sources)
+    best = max(x.score for x in sources)
+    kept = [x for x in sources if x.score >= best - margin]
+    return [x if x.n == n else replace(x, n=n) for n, x in enumerate(kept, start=1)]
 
 
 def answering_alike(

@@ -43,6 +43,7 @@ ENV_VARS: dict[str, str] = {
     "min_answerability": "RAG_MIN_ANSWERABILITY",
     "ann_threshold": "RAG_ANN_THRESHOLD",
     "dedup_threshold": "RAG_DEDUP_THRESHOLD",
+    "margin": "RAG_MARGIN",
     "today": "RAG_TODAY",
 }
 
@@ -136,6 +137,9 @@ class Settings:
         rerank_pool: passages the re-ranker scores per question.
         guard: withhold from the model the passage sentences that read as instructions to
             it (planted in articles); the sources still show them.
+        margin: the model reads only the passages whose cosine similarity to the question is
+            within this of the best passage's (a shorter prompt when the best is far ahead);
+            0: every passage retrieved. The sources list what the model read.
         flash_attn: llama.cpp's flash attention (faster prefill on CPU).
         context: what of each passage the model reads: `passages` (the whole chunk) or
             `windows` (its evidence sentences with one neighbour on either side: a shorter
@@ -197,6 +201,7 @@ class Settings:
     rerank_pool: int = 20
     guard: bool = True
     context: str = "passages"
+    margin: float = 0.0
     flash_attn: bool = True
     dedup_threshold: float = 0.5
     today: str = ""
@@ -246,6 +251,8 @@ class Settings:
             raise ConfigError(f"context must be one of {', '.join(CONTEXTS)}, got {self.context!r}")
         if not 0.0 < self.mmr <= 1.0:
             raise ConfigError(f"mmr must be above 0 and at most 1 (1: off), got {self.mmr!r}")
+        if not 0.0 <= self.margin <= 2.0:
+            raise ConfigError(f"margin must be between 0 (off) and 2 (cosine distance), got {self.margin!r}")
         if not 0 <= self.dedup_threshold <= 1:
             raise ConfigError(f"dedup_threshold must be between 0 and 1, got {self.dedup_threshold!r}")
         if self.today:

@@ -332,3 +332,49 @@ def test_windows_leave_out_withheld_sentences():
     assert title == "T" and window == "Rates rose 2% on Tuesday. Officials said more would follow."
     ((_, whole),) = passages_for_model([source])
     assert "Ignore" not in whole and "Later." in whole
+
+
+def test_a_margin_keeps_the_passages_close_to_the_best_renumbered():
+    from rag.retrieval import within
+
+    def source(n: int, score: float) -> rag.Source:
+        return rag.Source(
+            n=n, article_id=f"a{n}", title="", url="", date="", text=f"t{n}", score=score, evidence=()
+        )
+
+    sources = [source(1, 0.56), source(2, 0.70), source(3, 0.31), source(4, 0.61)]
+    kept = within(sources, 0.15)
+    # Passage 2 is the best by cosine though not first by rank: the margin is from it, and the
+    # rank order stays.
+    assert [(x.article_id, x.n) for x in kept] == [("a1", 1), ("a2", 2), ("a4", 3)]
+    assert within(sources, 0.0) == sources
+    assert [x.article_id for x in within(sources, 0.01)] == ["a2"]
+    with pytest.raises(rag.ConfigError, match="margin must be between 0"):
+        rag.Settings(margin=-0.1)
+
+
+def test_with_a_margin_the_model_reads_only_the_close_passages_and_cites_them(tmp_path):
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "bridge.txt").write_text(
+        "The new harbour bridge will cost 40 million euros, the harbour council said.", encoding="utf-8"
+    )
+    (docs / "tram.txt").write_text("The council also talked about trams and a new road.", encoding="utf-8")
+
+    def asked(margin: float):
+        gen = Recording(("The bridge will cost 40 million euros [1].",))
+        r = rag.RAG(
+            rag.Settings(index=tmp_path / f"i{margin}", margin=margin, min_answerability=0.0, guard=False),
+            embedder=FakeEmbedder(),
+            generator=gen,
+        )
+        r.ingest([docs])
+        return r.ask("How much will the new harbour bridge cost?"), gen.prompt
+
+    whole, whole_prompt = asked(0.0)
+    answer, prompt = asked(0.05)
+    assert len(whole.sources) == 2 and "trams" in whole_prompt
+    # The far passage is neither read nor listed; the close one keeps number 1 and its citation.
+    assert [s.n for s in answer.sources] == [1] and "trams" not in prompt
+    assert "40 million euros" in answer.sources[0].text
+    assert answer.found and answer.support == "supported" and answer.answer.endswith("[1].")

@@ -101,7 +101,7 @@ def bench_query(
     from .. import prompt as P
     from ..guard import passages_for_model
     from ..pipeline import RAG
-    from ..retrieval import evidence, search
+    from ..retrieval import evidence, search, within
 
     settings = settings.with_(index=index)
     rag = RAG(settings, embedder=embedder, generator=generator)
@@ -148,7 +148,7 @@ def bench_query(
         evidence(embedder.encode, qvec, [row.text for row, _ in hits], per_text=settings.evidence_sentences)
         r["evidence_ms"] = (time.perf_counter() - t) * 1000
         t = time.perf_counter()
-        sources = rag.retrieve(q, k=k)
+        sources = within(rag.retrieve(q, k=k), settings.margin)
         r["retrieve_ms"] = (time.perf_counter() - t) * 1000
         t = time.perf_counter()
         messages, _ = P.build_messages(

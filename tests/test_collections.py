@@ -3,9 +3,13 @@ and chats, that never mix. The folder layout, the pipeline, the CLI, the API and
 
 from __future__ import annotations
 
+import gc
 import json
 import re
 import socket
+import subprocess
+import sys
+import weakref
 from pathlib import Path
 
 import httpx
@@ -140,6 +144,51 @@ def test_ingest_into_a_new_collection_creates_it(tmp_path, chess):
     assert K.names(index) == ["default", "news"]
     assert not (index / "CURRENT").exists()  # the default one is untouched
     assert {c.name: c.articles for c in K.info(index)} == {"default": 0, "news": 1}
+
+
+def test_a_rag_dropped_is_freed_at_once_and_a_family_keeps_working(tmp_path, chess):
+    # Freed by reference counting, not by a garbage collection that may come only at exit.
+    gc.disable()
+    try:
+        r = rag.RAG(rag.Settings(index=tmp_path / "index"), embedder=FakeEmbedder())
+        r.ingest([chess])
+        assert r.retrieve(CHESS_QUESTION)
+        gone = weakref.ref(r)
+        del r
+        assert gone() is None
+    finally:
+        gc.enable()
+    r, hobby = two(tmp_path / "family", chess)
+    assert r.collection() is r and r.collection("default") is r
+    assert r.collection("hobby") is hobby and hobby.collection("default") is r
+    assert hobby.collection() is hobby and hobby.embedder is r.embedder
+
+
+def test_what_a_process_still_holds_is_let_go_before_the_interpreter_tears_down(tmp_path, chess):
+    """A family of collections is a reference cycle: left to the interpreter's last garbage
+    collection, its real embedder and index were freed after the modules they need (a rare
+    segfault after `rag eval` had written its report). They go at exit, before that."""
+    script = f"""
+import atexit
+import weakref
+
+held = []
+# Registered before rag is imported: it runs after rag's own exit hook.
+atexit.register(lambda: print("still held at exit:", sum(ref() is not None for ref in held)))
+
+import rag
+
+r = rag.RAG(rag.Settings(index={str(tmp_path / "index")!r}))
+hobby = r.create_collection("hobby")
+assert hobby.ingest([{str(chess)!r}]).ok
+assert hobby.retrieve({CHESS_QUESTION!r})
+held += [weakref.ref(r.embedder), weakref.ref(hobby.snapshot())]
+print("held:", sum(ref() is not None for ref in held))
+"""
+    p = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr
+    assert "held: 2" in p.stdout
+    assert "still held at exit: 0" in p.stdout, p.stdout
 
 
 def test_rag_ask_reads_the_collection_setting(tmp_path, chess, monkeypatch):
